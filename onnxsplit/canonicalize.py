@@ -1,0 +1,170 @@
+"""Canonicalize a real-world export into the small, regular graph the split rules expect.
+
+Steps, in order: drop initializers listed as graph inputs (old IR), inline local functions,
+convert opsets below 13 up to 13, infer shapes, fold constants (ConstantOfShape weights,
+Identity/Transpose chains on weights, static Shape/Gather arithmetic), turn Dropout into
+Identity, fold BatchNormalization into the preceding Conv, and remove a trailing
+Softmax/LogSoftmax so that the logits are explained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import inliner, shape_inference, version_converter
+
+from onnxsplit.errors import OnnxSplitError
+
+MIN_OPSET = 13
+TRAILING_NORMALIZERS = ("Softmax", "LogSoftmax")
+
+
+@dataclass
+class Canonical:
+    """The canonical graph plus what canonicalization changed."""
+
+    graph: gs.Graph
+    opset: int
+    source_opset: int
+    removed_softmax: list[str] = field(default_factory=list)
+    folded_batchnorms: int = 0
+    original_outputs: list[str] = field(default_factory=list)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise OnnxSplitError("the model declares no default-domain opset")
+
+
+def canonicalize(model: onnx.ModelProto) -> Canonical:
+    """Return a canonical copy of `model`; the argument is not modified."""
+    model = _copy(model)
+    source_opset = default_opset(model)
+    _drop_initializer_inputs(model)
+    if model.functions:
+        model = inliner.inline_local_functions(model)
+    if source_opset < MIN_OPSET:
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:
+            raise OnnxSplitError(
+                f"could not convert the model from opset {source_opset} to opset {MIN_OPSET}: {exc}"
+            ) from None
+    opset = default_opset(model)
+    model = _infer_shapes(model)
+    original_outputs = [o.name for o in model.graph.output]
+    _silence_graphsurgeon()
+    graph = gs.import_onnx(model)
+    try:
+        graph.toposort()
+    except Exception as exc:
+        raise OnnxSplitError(
+            f"the graph cannot be ordered (does it contain a cycle?): {exc}"
+        ) from None
+    _dropout_to_identity(graph)
+    graph.fold_constants(error_ok=True).cleanup()
+    folded = _fold_batchnorm_into_conv(graph)
+    removed = _remove_trailing_normalizers(graph)
+    graph.cleanup().toposort()
+    return Canonical(
+        graph=graph,
+        opset=opset,
+        source_opset=source_opset,
+        removed_softmax=removed,
+        folded_batchnorms=folded,
+        original_outputs=original_outputs,
+    )
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
+
+
+def _silence_graphsurgeon() -> None:
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return model  # shapes are a convenience; rules that need them say so
+
+
+def _dropout_to_identity(graph: gs.Graph) -> None:
+    for node in graph.nodes:
+        if node.op == "Dropout":
+            node.op = "Identity"
+            node.attrs = {}
+            node.inputs = node.inputs[:1]
+            node.outputs = node.outputs[:1]
+
+
+def _constant(tensor: gs.Tensor | None) -> np.ndarray | None:
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def _fold_batchnorm_into_conv(graph: gs.Graph) -> int:
+    folded = 0
+    graph_outputs = {id(t) for t in graph.outputs}
+    for bn in list(graph.nodes):
+        if bn.op != "BatchNormalization" or not bn.inputs[0].inputs:
+            continue
+        conv = bn.inputs[0].inputs[0]
+        params = [_constant(t) for t in bn.inputs[1:5]]
+        if (
+            conv.op != "Conv"
+            or any(p is None for p in params)
+            or len(bn.inputs[0].outputs) != 1
+            or id(bn.inputs[0]) in graph_outputs
+            or _constant(conv.inputs[1]) is None
+            or (len(conv.inputs) > 2 and _constant(conv.inputs[2]) is None)
+        ):
+            continue
+        scale, shift, mean, var = (p.astype(np.float64) for p in params)
+        eps = float(bn.attrs.get("epsilon", 1e-5))
+        factor = scale / np.sqrt(var + eps)
+        weight = _constant(conv.inputs[1])
+        bias = _constant(conv.inputs[2]) if len(conv.inputs) > 2 else np.zeros(weight.shape[0])
+        dtype = weight.dtype
+        new_weight = weight.astype(np.float64) * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+        new_bias = (bias.astype(np.float64) - mean) * factor + shift
+        conv.inputs[1] = gs.Constant(f"{conv.name}_W_bnfold", new_weight.astype(dtype))
+        bias_const = gs.Constant(f"{conv.name}_B_bnfold", new_bias.astype(dtype))
+        if len(conv.inputs) > 2:
+            conv.inputs[2] = bias_const
+        else:
+            conv.inputs.append(bias_const)
+        conv.outputs = [bn.outputs[0]]
+        bn.outputs = []
+        folded += 1
+    return folded
+
+
+def _remove_trailing_normalizers(graph: gs.Graph) -> list[str]:
+    removed = []
+    for index, output in enumerate(graph.outputs):
+        producers = output.inputs
+        if len(producers) == 1 and producers[0].op in TRAILING_NORMALIZERS:
+            node = producers[0]
+            logits = node.inputs[0]
+            graph.outputs[index] = logits
+            node.outputs = []
+            removed.append(f"{node.name or node.op} ({node.op})")
+    return removed

@@ -1,0 +1,149 @@
+"""The `onnxsplit` command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnxsplit.errors import OnnxSplitError
+
+
+def user_errors(command):
+    """Print an OnnxSplitError as one message (no traceback) and exit non-zero."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OnnxSplitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="onnxsplit")
+def main() -> None:
+    """Compile ReLU ONNX models into exact DC-split graphs f = g - h."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    type=click.Path(path_type=Path),
+    help="Where to write the split model (default: MODEL.split.onnx).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["normalized", "raw"]),
+    default="normalized",
+    show_default=True,
+    help="normalized: re-centered, bounded streams; raw: the globally monotone "
+    "and convex split (for verification; overflows on deep models).",
+)
+@click.option("--input", "input_name", help="Name of the data input (models with several).")
+@click.option(
+    "--output-name",
+    "output_name",
+    help="Name of the output to explain (models with several outputs).",
+)
+@click.option(
+    "--expose",
+    multiple=True,
+    metavar="TENSOR",
+    help="Also output the two streams at this intermediate tensor (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--no-probe", is_flag=True, help="Skip the exactness probe on a random input.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Execution provider for the probe.",
+)
+@user_errors
+def convert(model, output_path, mode, input_name, output_name, expose, force, no_probe, device):
+    """Write the split model of MODEL: outputs logits, g and h with logits = g - h."""
+    from onnxsplit.convert import convert as run_convert
+
+    result = run_convert(
+        model,
+        output_path,
+        mode=mode,
+        input_name=input_name,
+        output_name=output_name,
+        expose=tuple(expose),
+        force=force,
+        probe=not no_probe,
+        device=device,
+    )
+    click.echo(result.summary())
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@user_errors
+def inspect(model):
+    """Show MODEL's ops, which are supported, its input layout and candidate target layers."""
+    from onnxsplit.inspect_model import inspect as run_inspect
+    from onnxsplit.load import load_model
+
+    click.echo(run_inspect(load_model(model)).report())
+
+
+@main.command()
+def ops():
+    """List the supported ops (generated from the rule registry)."""
+    from onnxsplit.split import RULES
+
+    click.echo(f"{'op_type':<20} {'kind':<10} rule")
+    for op_type in sorted(RULES):
+        entry = RULES[op_type]
+        click.echo(f"{op_type:<20} {entry.kind.value:<10} {entry.summary}")
+
+
+@main.command()
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("split", type=click.Path(path_type=Path))
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    help=".npy array of inputs (default: seeded random probe inputs).",
+)
+@click.option(
+    "--tolerance",
+    default=1e-4,
+    show_default=True,
+    help="Largest accepted max|Δ| / max|f| of the logits.",
+)
+@user_errors
+def verify(original, split, inputs_path, tolerance):
+    """Check SPLIT against ORIGINAL: exactness, magnitudes; raw mode: monotone convexity."""
+    from onnxsplit.load import load_model
+    from onnxsplit.verify import verify as run_verify
+
+    inputs = None
+    if inputs_path is not None:
+        try:
+            inputs = np.load(inputs_path).astype(np.float32)
+        except Exception as exc:
+            raise OnnxSplitError(f"cannot read inputs '{inputs_path}': {exc}") from None
+    report = run_verify(load_model(original), load_model(split), inputs)
+    click.echo(report.report())
+    if not report.passed(tolerance):
+        click.echo("verification FAILED", err=True)
+        sys.exit(1)
+    click.echo("verification passed")

@@ -1,0 +1,198 @@
+"""The compiler pipeline: load -> canonicalize -> split -> stabilize -> emit."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxsplit import __version__
+from onnxsplit.canonicalize import canonicalize
+from onnxsplit.emit import check_destination, save_model, to_model
+from onnxsplit.errors import OnnxSplitError
+from onnxsplit.load import file_sha256, load_model
+from onnxsplit.runtime import make_session, provider_used
+from onnxsplit.split.driver import X_NEG, X_POS, split_graph
+from onnxsplit.stabilize import get_stabilizer
+
+
+@dataclass
+class ConvertResult:
+    model: onnx.ModelProto
+    mode: str
+    input_name: str
+    output_name: str
+    opset: int
+    source_opset: int
+    nodes_before: int
+    nodes_after: int
+    rule_counts: Counter
+    removed_softmax: list[str] = field(default_factory=list)
+    folded_batchnorms: int = 0
+    exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    path: Path | None = None
+    probe: dict | None = None
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{op}×{n}" for op, n in sorted(self.rule_counts.items()))
+        lines = [
+            f"mode: {self.mode}   opset: {self.source_opset} -> {self.opset}",
+            f"input: {self.input_name}   output: {self.output_name} -> logits, g, h",
+            f"ops split: {ops}",
+            f"nodes: {self.nodes_before} (original) -> {self.nodes_after} (split graph)",
+        ]
+        if self.folded_batchnorms:
+            lines.append(f"BatchNormalization folded into Conv: {self.folded_batchnorms}")
+        if self.removed_softmax:
+            lines.append(f"removed trailing: {', '.join(self.removed_softmax)} (logits explained)")
+        for name, (g, h) in self.exposed.items():
+            lines.append(f"exposed streams of '{name}': {g}, {h}")
+        if self.probe:
+            p = self.probe
+            lines.append(
+                f"exactness on a probe input {p['shape']}: max|logits - original| / max|original|"
+                f" = {p['relative_error']:.2e}   (max |g|, |h| = {p['max_stream']:.3g})"
+            )
+            lines.append(f"provider: {p['provider']}")
+        if self.path:
+            lines.append(f"wrote {self.path}")
+        return "\n".join(lines)
+
+
+def convert_model(
+    model: onnx.ModelProto,
+    *,
+    mode: str = "normalized",
+    input_name: str | None = None,
+    output_name: str | None = None,
+    expose: tuple[str, ...] = (),
+    source: str = "",
+) -> ConvertResult:
+    """Compile an in-memory ONNX model into its split model (nothing is written)."""
+    stabilizer = get_stabilizer(mode)
+    canonical = canonicalize(model)
+    split = split_graph(
+        canonical, stabilizer, input_name=input_name, output_name=output_name, expose=tuple(expose)
+    )
+    meta = {
+        "onnxsplit.version": __version__,
+        "onnxsplit.mode": mode,
+        "onnxsplit.input": split.input_name,
+        "onnxsplit.source_output": split.output_name,
+        "onnxsplit.input_streams": json.dumps([X_POS, X_NEG]),
+        "onnxsplit.exposed": json.dumps(split.exposed),
+        "onnxsplit.source": source,
+    }
+    emitted = to_model(split.graph, canonical.opset, meta)
+    return ConvertResult(
+        model=emitted,
+        mode=mode,
+        input_name=split.input_name,
+        output_name=split.output_name,
+        opset=canonical.opset,
+        source_opset=canonical.source_opset,
+        nodes_before=len(model.graph.node),
+        nodes_after=len(emitted.graph.node),
+        rule_counts=split.rule_counts,
+        removed_softmax=canonical.removed_softmax,
+        folded_batchnorms=canonical.folded_batchnorms,
+        exposed=split.exposed,
+    )
+
+
+def default_output_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.stem + ".split.onnx")
+
+
+def convert(
+    model_path: str | Path,
+    output_path: str | Path | None = None,
+    *,
+    mode: str = "normalized",
+    input_name: str | None = None,
+    output_name: str | None = None,
+    expose: tuple[str, ...] = (),
+    force: bool = False,
+    probe: bool = True,
+    device: str = "auto",
+) -> ConvertResult:
+    """Compile the model file at `model_path` and write the split model atomically."""
+    model_path = Path(model_path)
+    out = Path(output_path) if output_path else default_output_path(model_path)
+    check_destination(out, force, protected=(model_path,))
+    model = load_model(model_path)
+    result = convert_model(
+        model,
+        mode=mode,
+        input_name=input_name,
+        output_name=output_name,
+        expose=expose,
+        source=f"{model_path.name} sha256:{file_sha256(model_path)}",
+    )
+    if probe:
+        result.probe = probe_exactness(model, result, device=device)
+    save_model(result.model, out)
+    result.path = out
+    return result
+
+
+def probe_input_shape(model: onnx.ModelProto, input_name: str, batch: int = 2) -> list[int]:
+    for value in model.graph.input:
+        if value.name == input_name:
+            dims = value.type.tensor_type.shape.dim
+            shape = []
+            for axis, dim in enumerate(dims):
+                if dim.HasField("dim_value") and dim.dim_value > 0:
+                    shape.append(dim.dim_value)
+                elif axis == 0:
+                    shape.append(batch)
+                else:
+                    raise OnnxSplitError(
+                        f"input '{input_name}' has a dynamic axis {axis} ('{dim.dim_param}'); "
+                        "the exactness probe needs a fixed shape: pass --no-probe"
+                    )
+            return shape
+    raise OnnxSplitError(f"input '{input_name}' not found")
+
+
+def probe_exactness(
+    model: onnx.ModelProto,
+    result: ConvertResult,
+    device: str = "auto",
+    batch: int = 2,
+    seed: int = 0,
+) -> dict:
+    """Run original and split model on one seeded random batch; compare the logits."""
+    shape = probe_input_shape(model, result.input_name, batch)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    reference = run_original(model, result.input_name, result.output_name, x, device)
+    split = make_session(result.model.SerializeToString(), device)
+    logits, g, h = split.run(["logits", "g", "h"], {result.input_name: x})
+    return {
+        "shape": shape,
+        "relative_error": relative_error(logits, reference),
+        "provider": provider_used(split),
+        "max_stream": float(max(np.max(np.abs(g)), np.max(np.abs(h)))),
+    }
+
+
+def relative_error(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """max |candidate - reference| / max |reference| (the logit scale)."""
+    scale = max(float(np.max(np.abs(reference))), 1e-12)
+    return float(np.max(np.abs(candidate.astype(np.float64) - reference)) / scale)
+
+
+def run_original(
+    model: onnx.ModelProto, input_name: str, tensor_name: str, x: np.ndarray, device: str = "auto"
+) -> np.ndarray:
+    """Evaluate any tensor of the original model (e.g. the logits before a removed Softmax)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if tensor_name not in [o.name for o in probe.graph.output]:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor_name))
+    session = make_session(probe.SerializeToString(), device)
+    return session.run([tensor_name], {input_name: x})[0]

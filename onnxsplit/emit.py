@@ -1,0 +1,69 @@
+"""Turn the split graph into a checked ONNX model and write it atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxsplit.errors import OnnxSplitError
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def to_model(graph: gs.Graph, opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
+    """Export, stamp metadata, and run the full ONNX checker (default domain only)."""
+    model = gs.export_onnx(graph)
+    del model.opset_import[:]
+    model.opset_import.append(onnx.helper.make_opsetid("", opset))
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    model.producer_name = "onnxsplit"
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    foreign = {n.domain for n in model.graph.node if n.domain not in DEFAULT_DOMAINS}
+    if foreign:
+        raise RuntimeError(f"internal error: emitted graph uses non-default domains {foreign}")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def check_destination(path: Path, force: bool, *, protected: tuple[Path, ...] = ()) -> None:
+    """Refuse to overwrite the source model, or an existing file without --force."""
+    resolved = path.resolve()
+    for source in protected:
+        if resolved == source.resolve():
+            raise OnnxSplitError(f"refusing to overwrite the input model '{source}'")
+    if path.exists() and not force:
+        raise OnnxSplitError(f"'{path}' already exists; pass --force to overwrite it")
+    if path.exists() and path.is_dir():
+        raise OnnxSplitError(f"'{path}' is a folder, not a file name")
+    if not path.parent.exists():
+        raise OnnxSplitError(f"output folder '{path.parent}' does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise OnnxSplitError(f"output folder '{path.parent}' is not writable")
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: never a partial file."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    write_atomic(model.SerializeToString(), path)

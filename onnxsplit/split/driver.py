@@ -1,0 +1,246 @@
+"""Apply the op rules to a canonical graph and build the dual-stream graph."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxsplit.canonicalize import Canonical
+from onnxsplit.errors import OnnxSplitError, UnsupportedModelError
+from onnxsplit.split.emitter import Emitter
+from onnxsplit.split.registry import RULES, supported_ops
+from onnxsplit.split.values import SPLIT, Abstract, Const, Pair, Plain, SplitMarker, Value
+from onnxsplit.stabilize import Stabilizer
+
+NOT_PIECEWISE_LINEAR = {
+    "Sigmoid",
+    "Tanh",
+    "Gelu",
+    "Erf",
+    "Softmax",
+    "LogSoftmax",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Pow",
+    "LRN",
+    "LpNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "Reciprocal",
+    "Sin",
+    "Cos",
+    "ThresholdedRelu",
+    "Einsum",
+}
+
+X_POS, X_NEG = "x_pos", "x_neg"
+
+
+@dataclass
+class SplitGraph:
+    graph: gs.Graph
+    input_name: str
+    output_name: str
+    exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    rule_counts: Counter = field(default_factory=Counter)
+
+
+def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
+    inputs = canonical.graph.inputs
+    if not inputs:
+        raise OnnxSplitError("the model has no graph input")
+    if name is not None:
+        for tensor in inputs:
+            if tensor.name == name:
+                return tensor
+        raise OnnxSplitError(
+            f"the model has no input '{name}'; its inputs are: " + ", ".join(t.name for t in inputs)
+        )
+    if len(inputs) > 1:
+        raise OnnxSplitError(
+            f"the model has {len(inputs)} inputs ({', '.join(t.name for t in inputs)}); "
+            "choose the image/feature input with --input NAME"
+        )
+    tensor = inputs[0]
+    if tensor.dtype is None or not np.issubdtype(np.dtype(tensor.dtype), np.floating):
+        raise OnnxSplitError(
+            f"input '{tensor.name}' has type {tensor.dtype}; a float input is needed"
+        )
+    return tensor
+
+
+def choose_output(canonical: Canonical, name: str | None) -> gs.Variable:
+    outputs = canonical.graph.outputs
+    names = canonical.original_outputs
+    if name is not None:
+        for original, tensor in zip(names, outputs, strict=True):
+            if name in (original, tensor.name):
+                return tensor
+        raise OnnxSplitError(
+            f"the model has no output '{name}'; its outputs are: {', '.join(names)}"
+        )
+    if len(outputs) > 1:
+        raise OnnxSplitError(
+            f"the model has {len(outputs)} outputs ({', '.join(names)}); "
+            "choose the logits with --output NAME"
+        )
+    return outputs[0]
+
+
+def _abstract_inputs(node: gs.Node, values: dict[str, Abstract]) -> list[Abstract | None]:
+    result = []
+    for tensor in node.inputs:
+        if isinstance(tensor, gs.Constant):
+            result.append(Const(np.asarray(tensor.values)))
+        elif not tensor.name:
+            result.append(None)
+        else:
+            result.append(values.get(tensor.name, Plain(tensor)))
+    return result
+
+
+def check_graph(graph: gs.Graph, data_input: gs.Variable) -> None:
+    """Raise one error naming every node that has no exact split rule."""
+    problems = find_problems(graph, data_input)
+    if problems:
+        raise UnsupportedModelError(problems, supported_ops())
+
+
+def find_problems(graph: gs.Graph, data_input: gs.Variable) -> list[tuple[str, str, str]]:
+    """(node, op, reason) for every node on the activation path that cannot be split."""
+    values: dict[str, Abstract] = {data_input.name: SPLIT}
+    problems: list[tuple[str, str, str]] = []
+    for node in graph.nodes:
+        inputs = _abstract_inputs(node, values)
+        if not any(isinstance(v, SplitMarker) for v in inputs):
+            continue
+        rule = RULES.get(node.op) if node.domain in ("", "ai.onnx", None) else None
+        if rule is None:
+            if node.op in NOT_PIECEWISE_LINEAR:
+                why = "not piecewise linear"
+            elif node.domain not in ("", "ai.onnx", None):
+                why = f"custom domain '{node.domain}' is not supported"
+            else:
+                why = "no split rule for this op"
+            problems.append((node.name or "<unnamed>", node.op, why))
+        else:
+            reason = rule.check(node, inputs)
+            if reason:
+                problems.append((node.name or "<unnamed>", node.op, reason))
+        produces_plain = node.op in ("Shape", "Size")
+        for out in node.outputs:
+            values[out.name] = Plain(out) if produces_plain else SPLIT
+    return problems
+
+
+def split_graph(
+    canonical: Canonical,
+    stabilizer: Stabilizer,
+    *,
+    input_name: str | None = None,
+    output_name: str | None = None,
+    expose: tuple[str, ...] = (),
+) -> SplitGraph:
+    """Build the split graph of `canonical`. Outputs: logits, g, h (+ exposed streams)."""
+    source = canonical.graph
+    data_input = choose_input(canonical, input_name)
+    output = choose_output(canonical, output_name)
+    check_graph(source, data_input)
+    known = {t.name for n in source.nodes for t in n.outputs}
+    for name in expose:
+        if name not in known:
+            raise OnnxSplitError(f"cannot expose '{name}': the model has no such tensor")
+
+    graph = gs.Graph(opset=canonical.opset, name="onnxsplit")
+    dtype = np.dtype(data_input.dtype)
+    em = Emitter(graph, canonical.opset, dtype)
+    x = gs.Variable(data_input.name, dtype=data_input.dtype, shape=data_input.shape)
+    graph.inputs = [x]
+    em.scope = "input"
+    x_pos = em.relu(x)
+    x_neg = em.relu(em.neg(x))
+    x_pos.name, x_neg.name = X_POS, X_NEG
+    values: dict[str, Value] = {data_input.name: Pair(x_pos, x_neg)}
+    result = SplitGraph(graph, data_input.name, output.name)
+    exposed_outputs: list[gs.Variable] = []
+
+    for node in source.nodes:
+        inputs = _value_inputs(node, values)
+        if not any(isinstance(v, Pair) for v in inputs):
+            _copy_plain(em, node, inputs, values)
+            continue
+        rule = RULES[node.op]
+        em.scope = node.name or node.op
+        result.rule_counts[node.op] += 1
+        outputs = rule.emit(em, node, inputs)
+        split_inputs = sum(isinstance(v, Pair) for v in inputs)
+        for tensor, value in zip(node.outputs, outputs, strict=True):
+            if isinstance(value, Pair) and tensor.name in expose:
+                g = em.one("Identity", [value.pos])
+                h = em.one("Identity", [value.neg])
+                g.name, h.name = f"{tensor.name}__g", f"{tensor.name}__h"
+                g.dtype = h.dtype = dtype
+                exposed_outputs += [g, h]
+                result.exposed[tensor.name] = (g.name, h.name)
+            if (
+                isinstance(value, Pair)
+                and tensor.name != output.name
+                and stabilizer.wants(rule.kind, split_inputs)
+            ):
+                value = stabilizer.apply(em, value)
+            values[tensor.name] = value
+
+    final = values.get(output.name)
+    if not isinstance(final, Pair):
+        raise OnnxSplitError(f"output '{output.name}' does not depend on input '{data_input.name}'")
+    em.scope = "output"
+    logits = em.sub(final.pos, final.neg)
+    g, h = em.one("Identity", [final.pos]), em.one("Identity", [final.neg])
+    for tensor, name in ((logits, "logits"), (g, "g"), (h, "h")):
+        tensor.name, tensor.dtype, tensor.shape = name, dtype, output.shape
+    graph.outputs = [logits, g, h, *exposed_outputs]
+    graph.cleanup().toposort()
+    return result
+
+
+def _value_inputs(node: gs.Node, values: dict[str, Value]) -> list[Value | None]:
+    result = []
+    for tensor in node.inputs:
+        if isinstance(tensor, gs.Constant):
+            result.append(Const(np.asarray(tensor.values)))
+        elif not tensor.name:
+            result.append(None)
+        else:
+            result.append(values[tensor.name])
+    return result
+
+
+def _copy_plain(
+    em: Emitter, node: gs.Node, inputs: list[Value | None], values: dict[str, Value]
+) -> None:
+    """Copy a node that only sees constants and shape arithmetic."""
+    operands = []
+    for tensor, value in zip(node.inputs, inputs, strict=True):
+        if value is None:
+            operands.append(None)
+        elif isinstance(value, Const):
+            operands.append(tensor if isinstance(tensor, gs.Constant) else em.const(value.value))
+        else:
+            operands.append(value.tensor)
+    em.scope = node.name or node.op
+    outs = em.op(node.op, operands, dict(node.attrs), len(node.outputs), domain=node.domain)
+    for tensor, out in zip(node.outputs, outs, strict=True):
+        values[tensor.name] = Plain(out)

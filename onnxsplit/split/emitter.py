@@ -1,0 +1,120 @@
+"""A small builder on top of onnx-graphsurgeon that emits the split graph node by node."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxsplit.split.values import Const, Pair, negative_part, positive_part
+
+Operand = gs.Tensor | np.ndarray | float
+
+
+class Emitter:
+    """Owns the graph being built; every emitted node and constant gets a unique name."""
+
+    def __init__(self, graph: gs.Graph, opset: int, dtype: np.dtype):
+        self.graph = graph
+        self.opset = opset
+        self.dtype = np.dtype(dtype)
+        self._counter = 0
+        self.scope = "split"
+
+    def name(self, hint: str) -> str:
+        self._counter += 1
+        return f"{self.scope}/{hint}_{self._counter}"
+
+    def const(self, array: np.ndarray | float, hint: str = "c", dtype=None) -> gs.Constant:
+        value = np.asarray(array, dtype=dtype or self.dtype)
+        return gs.Constant(self.name(hint), value)
+
+    def _operand(self, value: Operand) -> gs.Tensor:
+        if isinstance(value, gs.Tensor):
+            return value
+        return self.const(value)
+
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[Operand | None],
+        attrs: dict | None = None,
+        num_outputs: int = 1,
+        hint: str | None = None,
+        domain: str | None = None,
+    ) -> list[gs.Variable]:
+        tensors = [
+            gs.Variable.empty() if value is None else self._operand(value) for value in inputs
+        ]
+        outputs = [gs.Variable(self.name(hint or op_type.lower())) for _ in range(num_outputs)]
+        node = gs.Node(
+            op_type,
+            name=self.name(op_type),
+            attrs=dict(attrs or {}),
+            inputs=tensors,
+            outputs=outputs,
+            domain=domain,
+        )
+        self.graph.nodes.append(node)
+        return outputs
+
+    def one(
+        self,
+        op_type: str,
+        inputs: Sequence[Operand | None],
+        attrs: dict | None = None,
+        hint: str | None = None,
+    ) -> gs.Variable:
+        return self.op(op_type, inputs, attrs, 1, hint)[0]
+
+    # elementwise helpers -------------------------------------------------------------
+    def add(self, a: Operand, b: Operand) -> gs.Variable:
+        return self.one("Add", [a, b])
+
+    def sub(self, a: Operand, b: Operand) -> gs.Variable:
+        return self.one("Sub", [a, b])
+
+    def mul(self, a: Operand, b: Operand) -> gs.Variable:
+        return self.one("Mul", [a, b])
+
+    def max(self, *values: Operand) -> gs.Variable:
+        return self.one("Max", list(values))
+
+    def relu(self, a: Operand) -> gs.Variable:
+        return self.one("Relu", [a])
+
+    def neg(self, a: Operand) -> gs.Variable:
+        return self.one("Neg", [a])
+
+    def total(self, values: Sequence[gs.Variable]) -> gs.Variable:
+        return values[0] if len(values) == 1 else self.one("Sum", list(values))
+
+    def plus_const(self, a: gs.Variable, c: np.ndarray) -> gs.Variable:
+        """a + c, skipping the node when c is all zeros."""
+        return a if not np.any(c) else self.add(a, c)
+
+    def times_const(self, a: gs.Variable, c: np.ndarray) -> gs.Variable | None:
+        """a * c, skipping the node when c is all ones; None when c is all zeros."""
+        if not np.any(c):
+            return None
+        if np.all(c == 1):
+            return a
+        return self.mul(a, c)
+
+    # pair helpers -------------------------------------------------------------------
+    def pair_of_const(self, value: np.ndarray) -> Pair:
+        value = np.asarray(value, dtype=self.dtype)
+        return Pair(
+            self.const(positive_part(value), "cpos"), self.const(negative_part(value), "cneg")
+        )
+
+    def as_pair(self, value) -> Pair:
+        if isinstance(value, Pair):
+            return value
+        if isinstance(value, Const):
+            return self.pair_of_const(value.value)
+        raise TypeError(f"cannot use {value!r} as a split activation")
+
+    def zeros_like(self, a: gs.Variable) -> gs.Variable:
+        return self.mul(a, np.zeros((), self.dtype))

@@ -1,0 +1,226 @@
+"""Affine ops: the weights W = W+ - W- and biases b = b+ - b- mix the two streams.
+
+    z+ = W+ a+ + W- a- + b+        z- = W- a+ + W+ a- + b-
+
+so z+ - z- = W (a+ - a-) + b, and every coefficient applied to a stream is non-negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxsplit.split.emitter import Emitter
+from onnxsplit.split.registry import Kind, const_inputs, is_split, only_first_split, rule
+from onnxsplit.split.values import Abstract, Const, Pair, Value, negative_part, positive_part
+
+Apply = Callable[[gs.Variable, np.ndarray], gs.Variable]
+
+
+def split_linear(
+    em: Emitter, pair: Pair, weight: np.ndarray, apply: Apply, bias: np.ndarray | None = None
+) -> Pair:
+    """Apply the linear map `apply(., W)` to a pair, with W split by sign, then add the bias."""
+    w_pos, w_neg = positive_part(weight), negative_part(weight)
+
+    def stream(same: gs.Variable, other: gs.Variable, w_same, w_other) -> gs.Variable:
+        terms = [
+            apply(same, w_same) if np.any(w_same) else None,
+            apply(other, w_other) if np.any(w_other) else None,
+        ]
+        terms = [t for t in terms if t is not None]
+        if not terms:
+            return em.zeros_like(apply(same, w_same))
+        return em.total(terms)
+
+    pos = stream(pair.pos, pair.neg, w_pos, w_neg)
+    neg = stream(pair.pos, pair.neg, w_neg, w_pos)
+    if bias is not None:
+        pos = em.plus_const(pos, positive_part(bias))
+        neg = em.plus_const(neg, negative_part(bias))
+    return Pair(pos, neg)
+
+
+def scale_pair(em: Emitter, pair: Pair, factor: np.ndarray) -> Pair:
+    """Elementwise multiplication of a pair by a constant of any sign (with broadcasting)."""
+    factor = np.asarray(factor, dtype=em.dtype)
+    return split_linear(em, pair, factor, lambda x, w: em.times_const(x, w) or em.mul(x, w))
+
+
+def shift_pair(em: Emitter, pair: Pair, offset: np.ndarray) -> Pair:
+    offset = np.asarray(offset, dtype=em.dtype)
+    return Pair(
+        em.plus_const(pair.pos, positive_part(offset)),
+        em.plus_const(pair.neg, negative_part(offset)),
+    )
+
+
+# Conv -------------------------------------------------------------------------------
+def _check_conv(node: gs.Node, inputs: list[Abstract]) -> str | None:
+    return only_first_split(node, inputs)
+
+
+@rule(
+    "Conv",
+    kind=Kind.AFFINE,
+    check=_check_conv,
+    summary="W+/W- convolutions on each stream (groups, dilations, pads, auto_pad kept)",
+)
+def conv(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    weight = inputs[1].value
+    bias = inputs[2].value if len(inputs) > 2 and inputs[2] is not None else None
+    if bias is not None:
+        bias = bias.reshape(-1, *([1] * (weight.ndim - 2)))  # broadcast over [N, O, *spatial]
+    attrs = dict(node.attrs)
+    return [split_linear(em, inputs[0], weight, lambda x, w: em.one("Conv", [x, w], attrs), bias)]
+
+
+# Gemm / MatMul ----------------------------------------------------------------------
+def _check_gemm(node: gs.Node, inputs: list[Abstract]) -> str | None:
+    if is_split(inputs[0]) and not is_split(inputs[1]):
+        return const_inputs(node, inputs, [1, 2])
+    if is_split(inputs[1]) and not is_split(inputs[0]):
+        return const_inputs(node, inputs, [0, 2])
+    return "a product of two activations is not piecewise linear"
+
+
+@rule(
+    "Gemm",
+    kind=Kind.AFFINE,
+    check=_check_gemm,
+    summary="alpha*A'B' + beta*C with the constant factor split by sign (transA/transB)",
+)
+def gemm(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    alpha = float(node.attrs.get("alpha", 1.0))
+    beta = float(node.attrs.get("beta", 1.0))
+    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    bias = beta * inputs[2].value if len(inputs) > 2 and inputs[2] is not None else None
+    if isinstance(inputs[0], Pair):
+        data = transpose_pair(em, inputs[0]) if trans_a else inputs[0]
+        weight = inputs[1].value.T if trans_b else inputs[1].value
+        out = split_linear(em, data, alpha * weight, lambda x, w: em.one("MatMul", [x, w]), bias)
+    else:
+        data = transpose_pair(em, inputs[1]) if trans_b else inputs[1]
+        weight = inputs[0].value.T if trans_a else inputs[0].value
+        out = split_linear(em, data, alpha * weight, lambda x, w: em.one("MatMul", [w, x]), bias)
+    return [out]
+
+
+def transpose_pair(em: Emitter, pair: Pair) -> Pair:
+    return Pair(
+        em.one("Transpose", [pair.pos], {"perm": [1, 0]}),
+        em.one("Transpose", [pair.neg], {"perm": [1, 0]}),
+    )
+
+
+@rule(
+    "MatMul",
+    kind=Kind.AFFINE,
+    check=_check_gemm,
+    summary="activation @ constant or constant @ activation, the constant split by sign",
+)
+def matmul(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    if isinstance(inputs[0], Pair):
+        apply = lambda x, w: em.one("MatMul", [x, w])  # noqa: E731
+        return [split_linear(em, inputs[0], inputs[1].value, apply)]
+    apply = lambda x, w: em.one("MatMul", [w, x])  # noqa: E731
+    return [split_linear(em, inputs[1], inputs[0].value, apply)]
+
+
+# BatchNormalization (when nothing precedes it to fold into) -----------------------------
+def _check_batchnorm(node: gs.Node, inputs: list[Abstract]) -> str | None:
+    return only_first_split(node, inputs[:5]) or (
+        None if node.inputs[0].shape is not None else "the input rank is unknown"
+    )
+
+
+@rule(
+    "BatchNormalization",
+    kind=Kind.AFFINE,
+    check=_check_batchnorm,
+    summary="per-channel affine s*x + t (inference mode), s split by sign",
+)
+def batchnorm(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    scale, shift, mean, var = (np.asarray(v.value, np.float64) for v in inputs[1:5])
+    factor = scale / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+    offset = shift - mean * factor
+    rank = len(node.inputs[0].shape)
+    shape = (-1,) + (1,) * (rank - 2)
+    out = scale_pair(em, inputs[0], factor.reshape(shape))
+    return [shift_pair(em, out, offset.reshape(shape))]
+
+
+# elementwise arithmetic ----------------------------------------------------------------
+def _check_mul(node: gs.Node, inputs: list[Abstract]) -> str | None:
+    split = [is_split(v) for v in inputs]
+    if all(split):
+        return "a product of two activations is not piecewise linear"
+    other = inputs[1] if split[0] else inputs[0]
+    if not isinstance(other, Const):
+        return "the factor must be a constant"
+    return None
+
+
+@rule(
+    "Mul",
+    kind=Kind.AFFINE,
+    check=_check_mul,
+    summary="multiplication by a constant of any sign (broadcast)",
+)
+def mul(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    pair, factor = (inputs[0], inputs[1]) if isinstance(inputs[0], Pair) else (inputs[1], inputs[0])
+    return [scale_pair(em, pair, factor.value)]
+
+
+def _check_div(node: gs.Node, inputs: list[Abstract]) -> str | None:
+    if not is_split(inputs[0]):
+        return "division by an activation is not piecewise linear"
+    if not isinstance(inputs[1], Const):
+        return "the divisor must be a constant"
+    if np.any(inputs[1].value == 0):
+        return "the divisor contains zeros"
+    return None
+
+
+@rule("Div", kind=Kind.AFFINE, check=_check_div, summary="division by a non-zero constant")
+def div(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    return [scale_pair(em, inputs[0], 1.0 / inputs[1].value.astype(np.float64))]
+
+
+def _check_sum(node: gs.Node, inputs: list[Abstract]) -> str | None:
+    for i, value in enumerate(inputs):
+        if not is_split(value) and not isinstance(value, Const):
+            return f"input {i} is computed at run time but is not an activation"
+    return None
+
+
+@rule(
+    "Add",
+    "Sum",
+    kind=Kind.MERGE,
+    check=_check_sum,
+    summary="sum of activations (residuals) per stream; constants split by sign",
+)
+def add(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    pairs = [v for v in inputs if isinstance(v, Pair)]
+    offset = sum((v.value for v in inputs if isinstance(v, Const)), np.zeros((), em.dtype))
+    out = Pair(em.total([p.pos for p in pairs]), em.total([p.neg for p in pairs]))
+    return [shift_pair(em, out, offset)]
+
+
+@rule(
+    "Sub",
+    kind=Kind.MERGE,
+    check=_check_sum,
+    summary="a - b = (a+ + b-) - (a- + b+); constants split by sign",
+)
+def sub(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    left, right = (em.as_pair(v) for v in inputs)
+    return [Pair(em.add(left.pos, right.neg), em.add(left.neg, right.pos))]
+
+
+@rule("Neg", kind=Kind.LAYOUT, summary="swaps the two streams")
+def neg(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    return [Pair(inputs[0].neg, inputs[0].pos)]

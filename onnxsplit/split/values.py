@@ -1,0 +1,52 @@
+"""What a tensor of the original graph becomes in the split graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class Const:
+    """A constant known at compile time (weights, shapes, indices)."""
+
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Plain:
+    """A non-split runtime tensor: shape arithmetic derived from Shape of an activation."""
+
+    tensor: gs.Tensor
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A split activation: original = pos - neg (both >= 0 in the raw split)."""
+
+    pos: gs.Variable
+    neg: gs.Variable
+
+
+Value = Const | Plain | Pair
+
+
+class SplitMarker:
+    """Stands for a Pair during the static check, before anything is emitted."""
+
+    def __repr__(self) -> str:
+        return "<split>"
+
+
+SPLIT = SplitMarker()
+Abstract = Const | Plain | SplitMarker
+
+
+def positive_part(array: np.ndarray) -> np.ndarray:
+    return np.maximum(array, 0).astype(array.dtype)
+
+
+def negative_part(array: np.ndarray) -> np.ndarray:
+    return np.maximum(-array, 0).astype(array.dtype)

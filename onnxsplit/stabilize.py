@@ -1,0 +1,47 @@
+"""Normalization nodes that keep the two streams bounded on deep networks.
+
+`raw` emits the plain DC split: g and h are globally monotone and convex in (x+, x-), but their
+magnitudes grow geometrically with depth (|W| instead of W at every layer) and f = g - h is lost
+to cancellation on deep networks. `normalized` (the default) re-centers a tensor after every
+rectifier and every merge of activations: (p, q) -> (relu(p - q), relu(q - p)), i.e. it removes
+the common part min(p, q). f and the activation pattern are unchanged; the streams become the
+minimal split of the activation, so every value stays of the size of the activations themselves.
+docs/normalization.md has the numbers behind this choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxsplit.split.emitter import Emitter
+from onnxsplit.split.registry import Kind
+from onnxsplit.split.values import Pair
+
+
+@dataclass(frozen=True)
+class Stabilizer:
+    name: str
+    recenter_kinds: frozenset[Kind]
+
+    def wants(self, kind: Kind, split_inputs: int) -> bool:
+        if kind == Kind.MERGE:
+            return Kind.MERGE in self.recenter_kinds and split_inputs >= 2
+        return kind in self.recenter_kinds
+
+    def apply(self, em: Emitter, pair: Pair) -> Pair:
+        difference = em.sub(pair.pos, pair.neg)
+        return Pair(em.relu(difference), em.relu(em.neg(difference)))
+
+
+STABILIZERS = {
+    "normalized": Stabilizer("normalized", frozenset({Kind.RECTIFIER, Kind.MERGE})),
+    "raw": Stabilizer("raw", frozenset()),
+}
+
+
+def get_stabilizer(mode: str) -> Stabilizer:
+    from onnxsplit.errors import OnnxSplitError
+
+    if mode not in STABILIZERS:
+        raise OnnxSplitError(f"unknown mode '{mode}'; choose one of {', '.join(STABILIZERS)}")
+    return STABILIZERS[mode]
