@@ -70,7 +70,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph.fold_constants(error_ok=True).cleanup()
     folded = _fold_batchnorm_into_conv(graph)
     removed = _remove_trailing_normalizers(graph)
-    graph.cleanup().toposort()
+    graph = _reinfer_shapes(graph.cleanup().toposort(), model)
     return Canonical(
         graph=graph,
         opset=opset,
@@ -103,6 +103,13 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
         return model  # shapes are a convenience; rules that need them say so
+
+
+def _reinfer_shapes(graph: gs.Graph, model: onnx.ModelProto) -> gs.Graph:
+    """Infer shapes again once constants are folded (reshape targets are then known)."""
+    folded = gs.export_onnx(graph)
+    folded.ir_version = model.ir_version
+    return gs.import_onnx(_infer_shapes(folded))
 
 
 def _dropout_to_identity(graph: gs.Graph) -> None:

@@ -27,7 +27,24 @@ def to_model(graph: gs.Graph, opset: int, metadata: dict[str, str]) -> onnx.Mode
     foreign = {n.domain for n in model.graph.node if n.domain not in DEFAULT_DOMAINS}
     if foreign:
         raise RuntimeError(f"internal error: emitted graph uses non-default domains {foreign}")
+    model = _complete_output_shapes(model)
     onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _complete_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give graph outputs whose shape the source model left open an inferred shape."""
+    if all(o.type.tensor_type.HasField("shape") for o in model.graph.output):
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in inferred.graph.value_info}
+    for output in model.graph.output:
+        if not output.type.tensor_type.HasField("shape"):
+            source = known.get(output.name)
+            if source is not None and source.type.tensor_type.HasField("shape"):
+                output.type.tensor_type.shape.CopyFrom(source.type.tensor_type.shape)
+            else:
+                output.type.tensor_type.shape.SetInParent()  # rank unknown
     return model
 
 

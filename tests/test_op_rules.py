@@ -49,7 +49,9 @@ def test_static_check_detects_negative_weights() -> None:
     weight = next(t for t in model.graph.initializer if t.dims and len(t.dims) == 4)
     from onnx import numpy_helper
 
-    weight.CopyFrom(numpy_helper.from_array(-np.abs(numpy_helper.to_array(weight)) - 1, weight.name))
+    weight.CopyFrom(
+        numpy_helper.from_array(-np.abs(numpy_helper.to_array(weight)) - 1, weight.name)
+    )
     assert negative_weights(model)
 
 
