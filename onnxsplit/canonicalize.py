@@ -96,6 +96,7 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
     keep = [i for i in model.graph.input if i.name not in initializers]
     del model.graph.input[:]
     model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 4)  # IR < 4 requires initializers as inputs
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -115,6 +115,21 @@ def ops():
 
 
 @main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("onnxsplit-demo"),
+              show_default=True, help="Folder for the demo's outputs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@user_errors
+def demo(out_dir, device):
+    """Convert the bundled sample model and run it on the bundled digit image."""
+    from onnxsplit.demo import run_demo
+
+    result, report = run_demo(out_dir, device)
+    click.echo(result.summary())
+    click.echo(report)
+
+
+@main.command()
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("split", type=click.Path(path_type=Path))
 @click.option(

