@@ -104,14 +104,21 @@ def inspect(model):
 
 
 @main.command()
-def ops():
+@click.option("--markdown", is_flag=True, help="Print a markdown table (as in docs/split.md).")
+def ops(markdown):
     """List the supported ops (generated from the rule registry)."""
     from onnxsplit.split import RULES
 
-    click.echo(f"{'op_type':<20} {'kind':<10} rule")
+    if markdown:
+        click.echo("| op_type | kind | rule |\n|---|---|---|")
+    else:
+        click.echo(f"{'op_type':<20} {'kind':<10} rule")
     for op_type in sorted(RULES):
         entry = RULES[op_type]
-        click.echo(f"{op_type:<20} {entry.kind.value:<10} {entry.summary}")
+        if markdown:
+            click.echo(f"| {op_type} | {entry.kind.value} | {entry.summary.replace('|', '/')} |")
+        else:
+            click.echo(f"{op_type:<20} {entry.kind.value:<10} {entry.summary}")
 
 
 @main.command()

@@ -226,7 +226,7 @@ def test_raw_mode_then_verify_passes_with_convexity_checks(model, converted):
     assert violation("monotonicity", text) <= 1e-4
     assert violation("midpoint convexity", text) <= 1e-4
     for batch in (1, 8):
-        assert float(summary_value(rf"exactness, batch {batch}: \S+ = (\S+)$", text)[1]) < 1e-4
+        assert float(summary_value(rf"exactness, batch {batch}: .* = (\S+)$", text)[1]) < 1e-4
     assert text.rstrip().endswith("verification passed")
 
 
@@ -244,7 +244,7 @@ def test_verify_with_real_digit_inputs(converted):
     result = invoke("verify", CNN, converted(CNN), "--inputs", DIGITS_NPY)
     assert_ok(result)
     for batch in (1, 8):
-        assert float(summary_value(rf"exactness, batch {batch}: \S+ = (\S+)$", result.output)[1]) < (
+        assert float(summary_value(rf"exactness, batch {batch}: .* = (\S+)$", result.output)[1]) < (
             1e-5
         )
     assert "verification passed" in result.output
