@@ -1,0 +1,1 @@
+"""`onnxsplit explain`: inputs, preprocessing, rendering of maps."""

@@ -1,0 +1,88 @@
+"""Collect explain inputs (image files, folders, .npy arrays) with one clear error per problem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from onnxsplit.errors import OnnxSplitError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+MAX_PIXELS = 100_000_000
+
+
+@dataclass
+class Item:
+    """One thing to explain: an RGB uint8 image or a ready model-input array."""
+
+    name: str
+    source: Path
+    image: np.ndarray | None = None  # H x W x 3 uint8
+    array: np.ndarray | None = None  # already preprocessed, model layout without batch axis
+
+
+def collect(paths: list[Path]) -> list[Path]:
+    """Expand folders (sorted, images and .npy only); reject missing paths up front."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise OnnxSplitError(f"input '{path}' does not exist")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES
+                                               or p.suffix == ".npy"))
+            if not found:
+                raise OnnxSplitError(f"folder '{path}' contains no images or .npy files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Any readable image as RGB uint8: gray and 16-bit are scaled, alpha is dropped."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise OnnxSplitError(
+                    f"image '{path}' has {image.width}x{image.height} pixels; the limit is "
+                    f"{MAX_PIXELS:,} — downscale it first")
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                data = np.asarray(image, dtype=np.float64)
+                top = 65535.0 if data.max() > 255 else 255.0
+                gray = np.clip(data / top * 255.0, 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except OnnxSplitError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise OnnxSplitError(f"cannot read image '{path}': {exc}") from None
+
+
+def load_array(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise OnnxSplitError(f"cannot read array '{path}': {exc}") from None
+    if array.dtype.kind not in "fiu":
+        raise OnnxSplitError(f"array '{path}' has dtype {array.dtype}; a numeric array is needed")
+    return array.astype(np.float32)
+
+
+def iterate(paths: list[Path]) -> Iterator[Item]:
+    """Items in order; a .npy file of shape [B, ...] yields B items."""
+    for path in collect(paths):
+        if path.suffix == ".npy":
+            array = load_array(path)
+            yield Item(path.stem, path, array=array)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            yield Item(path.stem, path, image=load_image(path))
+        else:
+            raise OnnxSplitError(
+                f"input '{path}' is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                "nor a .npy array")
