@@ -122,10 +122,17 @@ def ops(markdown):
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("onnxsplit-demo"),
-              show_default=True, help="Folder for the demo's outputs.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("onnxsplit-demo"),
+    show_default=True,
+    help="Folder for the demo's outputs.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @user_errors
 def demo(out_dir, device):
     """Convert the bundled sample model and run it on the bundled digit image."""
@@ -163,7 +170,9 @@ def verify(original, split, inputs_path, tolerance):
             inputs = np.load(inputs_path).astype(np.float32)
         except Exception as exc:
             raise OnnxSplitError(f"cannot read inputs '{inputs_path}': {exc}") from None
-    report = run_verify(load_model(original), load_model(split), inputs)
+    report = run_verify(
+        load_model(original), load_model(split), inputs, inputs_label=f"inputs '{inputs_path}'"
+    )
     click.echo(report.report())
     if not report.passed(tolerance):
         click.echo("verification FAILED", err=True)

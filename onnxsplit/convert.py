@@ -19,6 +19,8 @@ from onnxsplit.runtime import make_session, provider_used
 from onnxsplit.split.driver import X_NEG, X_POS, split_graph
 from onnxsplit.stabilize import get_stabilizer
 
+EXACTNESS_TOLERANCE = 1e-4
+
 
 @dataclass
 class ConvertResult:
@@ -58,6 +60,15 @@ class ConvertResult:
                 f" = {p['relative_error']:.2e}   (max |g|, |h| = {p['max_stream']:.3g})"
             )
             lines.append(f"provider: {p['provider']}")
+            if p["relative_error"] > EXACTNESS_TOLERANCE:
+                lines.append(
+                    f"WARNING: the split is not exact on the probe (above {EXACTNESS_TOLERANCE:g})"
+                    + (
+                        "; raw mode loses f to cancellation on deep models: use --mode normalized"
+                        if self.mode == "raw"
+                        else ""
+                    )
+                )
         if self.path:
             lines.append(f"wrote {self.path}")
         return "\n".join(lines)
@@ -123,8 +134,8 @@ def convert(
     """Compile the model file at `model_path` and write the split model atomically."""
     model_path = Path(model_path)
     out = Path(output_path) if output_path else default_output_path(model_path)
-    check_destination(out, force, protected=(model_path,))
     model = load_model(model_path)
+    check_destination(out, force, protected=(model_path,))
     result = convert_model(
         model,
         mode=mode,
@@ -195,4 +206,20 @@ def run_original(
     if tensor_name not in [o.name for o in probe.graph.output]:
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor_name))
     session = make_session(probe.SerializeToString(), device)
-    return session.run([tensor_name], {input_name: x})[0]
+    feeds = {input_name: x}
+    for other in session.get_inputs():  # unused extra inputs (checked by the split driver)
+        if other.name != input_name:
+            shape = [d if isinstance(d, int) else len(x) for d in other.shape]
+            feeds[other.name] = np.zeros(shape, _numpy_type(other.type))
+    return session.run([tensor_name], feeds)[0]
+
+
+def _numpy_type(ort_type: str) -> np.dtype:
+    names = {
+        "tensor(float)": np.float32,
+        "tensor(double)": np.float64,
+        "tensor(float16)": np.float16,
+        "tensor(int64)": np.int64,
+        "tensor(int32)": np.int32,
+    }
+    return np.dtype(names.get(ort_type, np.float32))

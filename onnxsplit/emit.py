@@ -37,14 +37,14 @@ def _complete_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     if all(o.type.tensor_type.HasField("shape") for o in model.graph.output):
         return model
     inferred = onnx.shape_inference.infer_shapes(model)
-    known = {v.name: v for v in inferred.graph.value_info}
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
     for output in model.graph.output:
         if not output.type.tensor_type.HasField("shape"):
             source = known.get(output.name)
             if source is not None and source.type.tensor_type.HasField("shape"):
                 output.type.tensor_type.shape.CopyFrom(source.type.tensor_type.shape)
-            else:
-                output.type.tensor_type.shape.SetInParent()  # rank unknown
+            else:  # the checker wants a shape; no dims is the most it can say
+                output.type.tensor_type.shape.SetInParent()
     return model
 
 
@@ -58,10 +58,10 @@ def check_destination(path: Path, force: bool, *, protected: tuple[Path, ...] = 
     for source in protected:
         if resolved == source.resolve():
             raise OnnxSplitError(f"refusing to overwrite the input model '{source}'")
+    if path.is_dir():
+        raise OnnxSplitError(f"'{path}' is a folder; give a file name for the output")
     if path.exists() and not force:
         raise OnnxSplitError(f"'{path}' already exists; pass --force to overwrite it")
-    if path.exists() and path.is_dir():
-        raise OnnxSplitError(f"'{path}' is a folder, not a file name")
     if not path.parent.exists():
         raise OnnxSplitError(f"output folder '{path.parent}' does not exist")
     if not os.access(path.parent, os.W_OK):
@@ -72,6 +72,7 @@ def write_atomic(data: bytes, path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: never a partial file."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, _default_mode(path))
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -80,6 +81,15 @@ def write_atomic(data: bytes, path: Path) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _default_mode(path: Path) -> int:
+    """The mode a plain open() would give: kept for an overwritten file, else 0o666 & ~umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

@@ -166,16 +166,38 @@ def convexity_checks(
     return max(monotone, 0.0), max(convex, 0.0)
 
 
+def check_input_shape(
+    model: onnx.ModelProto, input_name: str, x: np.ndarray, source: str = "inputs"
+) -> None:
+    """One clear error when an input array does not fit the model's input."""
+    for value in model.graph.input:
+        if value.name == input_name:
+            dims = value.type.tensor_type.shape.dim
+            expected = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+            fits = len(expected) == x.ndim and all(
+                e is None or e == s for e, s in zip(expected, x.shape, strict=True)
+            )
+            if not fits:
+                shown = ["?" if e is None else e for e in expected]
+                raise OnnxSplitError(
+                    f"{source} of shape {list(x.shape)} do not fit input '{input_name}' of "
+                    f"shape {shown}"
+                )
+
+
 def verify(
     original: onnx.ModelProto,
     split: onnx.ModelProto,
     inputs: np.ndarray | None = None,
+    inputs_label: str = "inputs",
     batches: tuple[int, ...] = (1, 8),
     seed: int = 0,
 ) -> VerifyReport:
     meta = split_metadata(split)
     report = VerifyReport(mode=meta["onnxsplit.mode"])
     rng = np.random.default_rng(seed)
+    if inputs is not None:
+        check_input_shape(original, meta["onnxsplit.input"], inputs, inputs_label)
     for batch in batches:
         if inputs is not None:
             x = inputs[:batch]

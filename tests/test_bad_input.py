@@ -84,11 +84,6 @@ def test_missing_file(command, tmp_path):
     assert_refused(invoke(command, model), tmp_path, before, "missing.onnx", "does not exist")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: convert.convert runs check_destination before load_model, so a missing model "
-    "in a missing folder is reported as \"output folder '...' does not exist\"",
-)
 def test_missing_file_in_missing_folder(tmp_path):
     before = snapshot(tmp_path)
     model = tmp_path / "nowhere" / "missing.onnx"
@@ -272,12 +267,6 @@ def test_input_option_picks_one_input_without_probe(tmp_path):
     assert [i.name for i in split.graph.input] == ["a"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: convert.probe_exactness/run_original feed only the chosen input to the "
-    "original model; onnxruntime raises ValueError 'Required inputs ([b]) are missing' "
-    "(traceback, exit 1) although 'b' is unused",
-)
 def test_input_option_picks_one_input_with_probe(tmp_path):
     model = save(two_input_model(), tmp_path / "two_inputs.onnx")
     result = invoke("convert", model, "--input", "a")
@@ -285,11 +274,6 @@ def test_input_option_picks_one_input_with_probe(tmp_path):
     assert (tmp_path / "two_inputs.split.onnx").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: split.driver.split_graph/_value_inputs raise KeyError('a') when --input names "
-    "an input the output does not depend on while a node reads another graph input",
-)
 def test_input_option_naming_an_unused_input(tmp_path):
     model = save(two_input_model(), tmp_path / "two_inputs.onnx")
     before = snapshot(tmp_path)
@@ -318,11 +302,6 @@ def test_two_outputs_without_output_name(tmp_path):
     assert_refused(invoke("convert", model), tmp_path, before, "2 outputs", "y, z")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: split.driver.choose_output suggests '--output NAME', but --output is the "
-    "output FILE option; the option that picks the logits is --output-name",
-)
 def test_two_outputs_message_suggests_output_name_option(tmp_path):
     model = save(two_output_model(), tmp_path / "two_outputs.onnx")
     result = invoke("convert", model)
@@ -457,11 +436,6 @@ def test_verify_unreadable_inputs(model_copy, tmp_path):
     assert_refused(result, tmp_path, before, "cannot read inputs", "inputs.npy")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.verify / verify.exactness let onnxruntime's InvalidArgument escape "
-    "(traceback, exit 1) when --inputs has the wrong shape, instead of one error message",
-)
 def test_verify_inputs_of_the_wrong_shape(model_copy, tmp_path):
     assert invoke("convert", model_copy, "--no-probe").exit_code == 0
     inputs = tmp_path / "flat.npy"

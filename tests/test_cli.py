@@ -185,11 +185,6 @@ def test_default_output_path_is_beside_the_model(tmp_path):
     onnx.checker.check_model(str(expected), full_check=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: emit.write_atomic keeps tempfile.mkstemp's 0600 mode, so the split model is "
-    "unreadable by group/others (expected 0666 & ~umask like any newly written file)",
-)
 def test_written_file_has_ordinary_permissions(tmp_path):
     out = tmp_path / "s.onnx"
     assert_ok(invoke("convert", MLP, "-o", out, "--no-probe"))
@@ -272,11 +267,6 @@ def candidate_target_layers(model: Path) -> list[tuple[str, str]]:
     return layers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: emit._complete_output_shapes gives exposed outputs (no shape) an empty, i.e. "
-    "rank-0, shape; check_model(full_check=True) then raises InferenceError (traceback)",
-)
 @pytest.mark.parametrize(
     "name", ["digits_cnn_op17_legacy.onnx", "digits_cnn_op21_dynamo.onnx"], ids=["legacy", "dynamo"]
 )

@@ -32,9 +32,11 @@ def collect(paths: list[Path]) -> list[Path]:
         if not path.exists():
             raise OnnxSplitError(f"input '{path}' does not exist")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES
-                                               or p.suffix == ".npy"))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix == ".npy")
+            )
             if not found:
                 raise OnnxSplitError(f"folder '{path}' contains no images or .npy files")
             files.extend(found)
@@ -50,7 +52,8 @@ def load_image(path: Path) -> np.ndarray:
             if image.width * image.height > MAX_PIXELS:
                 raise OnnxSplitError(
                     f"image '{path}' has {image.width}x{image.height} pixels; the limit is "
-                    f"{MAX_PIXELS:,} — downscale it first")
+                    f"{MAX_PIXELS:,} — downscale it first"
+                )
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 data = np.asarray(image, dtype=np.float64)
@@ -85,4 +88,5 @@ def iterate(paths: list[Path]) -> Iterator[Item]:
         else:
             raise OnnxSplitError(
                 f"input '{path}' is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                "nor a .npy array")
+                "nor a .npy array"
+            )

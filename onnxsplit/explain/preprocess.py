@@ -31,8 +31,9 @@ PRESETS = {
     "efficientnet-lite": Preprocess("efficientnet-lite", scale=1.0, mean=(127.0,), std=(128.0,)),
     "unit": Preprocess("unit"),
     "none": Preprocess("none", scale=1.0),
-    "digits": Preprocess("digits", scale=1.0 / 256.0, color="gray", resize="stretch",
-                         quantize=1.0 / 16.0),
+    "digits": Preprocess(
+        "digits", scale=1.0 / 256.0, color="gray", resize="stretch", quantize=1.0 / 16.0
+    ),
 }
 
 
@@ -46,13 +47,19 @@ def get_preprocess(spec: str) -> Preprocess:
         if not path.exists():
             raise OnnxSplitError(
                 f"unknown preprocessing '{spec}'; use a preset ({', '.join(PRESETS)}), "
-                "a JSON object or a JSON file")
+                "a JSON object or a JSON file"
+            )
         text = path.read_text()
     try:
         data = json.loads(text)
-        return Preprocess(name="custom", scale=float(data.get("scale", 1 / 255)),
-                          mean=tuple(data.get("mean", (0.0,))), std=tuple(data.get("std", (1.0,))),
-                          color=data.get("color", "rgb"), resize=data.get("resize", "crop"))
+        return Preprocess(
+            name="custom",
+            scale=float(data.get("scale", 1 / 255)),
+            mean=tuple(data.get("mean", (0.0,))),
+            std=tuple(data.get("std", (1.0,))),
+            color=data.get("color", "rgb"),
+            resize=data.get("resize", "crop"),
+        )
     except (ValueError, TypeError, AttributeError) as exc:
         raise OnnxSplitError(f"invalid preprocessing JSON: {exc}") from None
 
@@ -81,7 +88,8 @@ def input_layout(shape: list) -> InputLayout:
         return InputLayout("NHWC", c, a, b)
     raise OnnxSplitError(
         f"cannot tell the image layout of input shape {shape}: need static [N,C,H,W] or "
-        "[N,H,W,C] with C = 1 or 3")
+        "[N,H,W,C] with C = 1 or 3"
+    )
 
 
 def fit(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
@@ -94,8 +102,9 @@ def fit(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
     return np.asarray(pil.resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
-def to_input(image: np.ndarray, layout: InputLayout, pre: Preprocess) -> tuple[np.ndarray,
-                                                                               np.ndarray]:
+def to_input(
+    image: np.ndarray, layout: InputLayout, pre: Preprocess
+) -> tuple[np.ndarray, np.ndarray]:
     """(model input without batch axis, the resized RGB image the map is drawn over)."""
     shown = fit(image, layout.height, layout.width, pre.resize)
     pixels = shown.astype(np.float32)
@@ -110,7 +119,8 @@ def to_input(image: np.ndarray, layout: InputLayout, pre: Preprocess) -> tuple[n
     if x.shape[-1] != layout.channels:
         raise OnnxSplitError(
             f"preprocessing '{pre.name}' gives {x.shape[-1]} channels; the model wants "
-            f"{layout.channels}")
+            f"{layout.channels}"
+        )
     if layout.layout == "NCHW":
         x = np.transpose(x, (2, 0, 1))
     return np.ascontiguousarray(x, dtype=np.float32), shown

@@ -95,7 +95,7 @@ def choose_output(canonical: Canonical, name: str | None) -> gs.Variable:
     if len(outputs) > 1:
         raise OnnxSplitError(
             f"the model has {len(outputs)} outputs ({', '.join(names)}); "
-            "choose the logits with --output NAME"
+            "choose the logits with --output-name NAME"
         )
     return outputs[0]
 
@@ -158,6 +158,7 @@ def split_graph(
     source = canonical.graph
     data_input = choose_input(canonical, input_name)
     output = choose_output(canonical, output_name)
+    _check_other_inputs_unused(source, data_input)
     check_graph(source, data_input)
     known = {t.name for n in source.nodes for t in n.outputs}
     for name in expose:
@@ -193,6 +194,7 @@ def split_graph(
                 h = em.one("Identity", [value.neg])
                 g.name, h.name = f"{tensor.name}__g", f"{tensor.name}__h"
                 g.dtype = h.dtype = dtype
+                g.shape = h.shape = tensor.shape
                 exposed_outputs += [g, h]
                 result.exposed[tensor.name] = (g.name, h.name)
             if (
@@ -214,6 +216,24 @@ def split_graph(
     graph.outputs = [logits, g, h, *exposed_outputs]
     graph.cleanup().toposort()
     return result
+
+
+def _check_other_inputs_unused(graph: gs.Graph, data_input: gs.Variable) -> None:
+    readers: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            readers.setdefault(tensor.name, []).append(f"node '{node.name}' (op {node.op})")
+    others = [t.name for t in graph.inputs if t is not data_input and t.name in readers]
+    if others:
+        detail = "; ".join(f"'{name}' is read by {', '.join(readers[name])}" for name in others)
+        raise OnnxSplitError(
+            f"the model computes with other inputs besides '{data_input.name}': {detail}. "
+            "onnxsplit splits models with one data input (choose it with --input NAME)"
+        )
+    if data_input.name not in readers:
+        raise OnnxSplitError(
+            f"no node reads input '{data_input.name}'; choose the data input with --input NAME"
+        )
 
 
 def _value_inputs(node: gs.Node, values: dict[str, Value]) -> list[Value | None]:
