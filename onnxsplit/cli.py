@@ -122,6 +122,111 @@ def ops(markdown):
 
 
 @main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--method",
+    default="splitcam",
+    show_default=True,
+    help="Attribution method (see `onnxsplit methods`).",
+)
+@click.option(
+    "--target",
+    default="auto",
+    show_default=True,
+    help="Class index to explain, or 'auto' for the predicted class.",
+)
+@click.option("--target-layer", default=None, metavar="TENSOR", help="CAM layer.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("explanations"),
+    show_default=True,
+)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--preprocess",
+    "preprocess_spec",
+    default="imagenet",
+    show_default=True,
+    help="Preset (imagenet, efficientnet-lite, unit, none, digits), a JSON object "
+    "or a JSON file with scale/mean/std/color/resize.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(path_type=Path),
+    help="Class names: text file (one per line) or JSON.",
+)
+@user_errors
+def explain(
+    model,
+    inputs,
+    method,
+    target,
+    target_layer,
+    out_dir,
+    batch_size,
+    device,
+    preprocess_spec,
+    labels_path,
+):
+    """Write saliency maps of MODEL for images, folders or .npy arrays (INPUTS)."""
+    from onnxsplit.explain.preprocess import get_preprocess
+    from onnxsplit.explain.runner import explain as run_explain
+    from onnxsplit.explain.runner import read_labels
+
+    if target == "auto":
+        target_index = None
+    else:
+        try:
+            target_index = int(target)
+        except ValueError:
+            raise OnnxSplitError(
+                f"--target must be a class index or 'auto', not '{target}'"
+            ) from None
+    pre = get_preprocess(preprocess_spec)
+    labels = read_labels(labels_path, classes_hint=1000)
+    run = run_explain(
+        model,
+        list(inputs),
+        method,
+        out_dir,
+        target=target_index,
+        target_layer=target_layer,
+        batch_size=batch_size,
+        device=device,
+        preprocess=pre,
+        labels=labels,
+    )
+    source = "cache" if run.from_cache else "compiled now"
+    click.echo(f"model: {run.model} ({source})")
+    click.echo(f"provider: {run.provider}")
+    for row in run.rows[:20]:
+        click.echo(
+            f"{row['input']}: predicted {row['predicted']} {row['predicted_label']} "
+            f"(logit {row['logit']:.3f}), explained {row['target']} -> {row['output']}"
+        )
+    if len(run.rows) > 20:
+        click.echo(f"... {len(run.rows) - 20} more")
+    click.echo(f"wrote {len(run.rows)} map(s) to {out_dir}")
+
+
+@main.command()
+def methods():
+    """List the attribution methods that can be compiled into a model."""
+    from onnxsplit.attribution.methods import METHODS
+
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        click.echo(f"{name:<20} {doc[0] if doc else ''}")
+
+
+@main.command()
 @click.option(
     "--out",
     "out_dir",

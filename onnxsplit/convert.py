@@ -223,3 +223,59 @@ def _numpy_type(ort_type: str) -> np.dtype:
         "tensor(int32)": np.int32,
     }
     return np.dtype(names.get(ort_type, np.float32))
+
+
+def convert_with_methods(
+    model_path: str | Path,
+    output_path: str | Path | None,
+    methods: list[str],
+    *,
+    target_layer: str | None = None,
+    input_name: str | None = None,
+    output_name: str | None = None,
+    force: bool = False,
+    probe: bool = True,
+    device: str = "auto",
+) -> str:
+    """Write an attribution-ready model (logits + one map per method); return a summary."""
+    from onnxsplit.attribution.attach import attach_methods
+    from onnxsplit.emit import metadata
+
+    model_path = Path(model_path)
+    out = (
+        Path(output_path)
+        if output_path
+        else model_path.with_name(model_path.stem + ".explain.onnx")
+    )
+    model = load_model(model_path)
+    check_destination(out, force, protected=(model_path,))
+    emitted = attach_methods(
+        model, methods, target_layer, input_name=input_name, output_name=output_name
+    )
+    meta = metadata(emitted)
+    lines = [
+        f"methods: {', '.join(methods)}",
+        f"outputs: {', '.join(o.name for o in emitted.graph.output)}",
+        f"nodes: {len(model.graph.node)} (original) -> {len(emitted.graph.node)}",
+    ]
+    if meta.get("onnxsplit.attribution.target_layer"):
+        lines.append(f"target layer: {meta['onnxsplit.attribution.target_layer']}")
+    if probe:
+        data = meta["onnxsplit.input"]
+        x = (
+            np.random.default_rng(0)
+            .standard_normal(probe_input_shape(model, data, 2))
+            .astype(np.float32)
+        )
+        reference = run_original(model, data, meta["onnxsplit.source_output"], x, device)
+        session = make_session(emitted.SerializeToString(), device)
+        outputs = session.run(None, {data: x, "target": np.full(2, -1, np.int64)})
+        finite = all(np.all(np.isfinite(o)) for o in outputs)
+        lines.append(
+            f"exactness of logits on a probe input: "
+            f"{relative_error(outputs[0], reference):.2e}; maps finite: {finite}"
+        )
+        lines.append(f"provider: {provider_used(session)}")
+    save_model(emitted, out)
+    lines.append(f"wrote {out}")
+    return "\n".join(lines)
