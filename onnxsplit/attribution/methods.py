@@ -1,0 +1,494 @@
+"""Attribution methods compiled into the graph: one class per method on a shared base.
+
+As in pytorch-grad-cam, each method overrides one function:
+- input-gradient methods (`Gradient`, `GradientXInput`) override `combine(ctx, x, grad)`;
+- CAM methods (`GradCAM`, `LayerCAM`) override `cam(ctx, activation, grad)`;
+- LRP methods (`LRPEpsilon`, `LRPZPlus`, `LRPEpsilonPlus`) override `rules()` (rules as data);
+- split methods (`SplitCAM`) work on the split graph f = g - h built beside the original.
+
+Every map is [N, H, W] at input resolution: input-space maps are summed over the channel axis
+of the input (NCHW or NHWC, see `Layout`), CAMs are upsampled with Resize (linear, half_pixel:
+the same as torch's bilinear interpolation with align_corners=False). Maps are not normalized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxsplit.attribution import lrp
+from onnxsplit.attribution.autodiff import differentiate
+from onnxsplit.attribution.splitgraph import MergedSplit, merge_split_graph
+from onnxsplit.canonicalize import Canonical
+from onnxsplit.errors import OnnxSplitError
+from onnxsplit.split.emitter import Emitter
+
+RECTIFIERS = ("Relu", "Clip", "LeakyRelu", "PRelu")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the channels of the data input are: 'NCHW' (axis 1), 'NHWC' (last) or 'flat'."""
+
+    name: str
+    channel_axis: int | None
+    spatial_axes: tuple[int, ...]
+
+
+def detect_layout(graph: gs.Graph, data: gs.Tensor) -> Layout:
+    """NHWC when the first Transpose downstream of the input moves the last axis to axis 1 (or,
+    with no Transpose before the first Conv, when only the last axis looks like channels)."""
+    shape = data.shape
+    if shape is None or len(shape) < 3:
+        return Layout("flat", None, ())
+    rank = len(shape)
+    nchw = Layout("NCHW", 1, tuple(range(2, rank)))
+    nhwc = Layout("NHWC", rank - 1, tuple(range(1, rank - 1)))
+    frontier, seen = [data], set()
+    while frontier:
+        tensor = frontier.pop(0)
+        for node in tensor.outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op == "Transpose":
+                perm = list(node.attrs.get("perm", []))
+                return nhwc if len(perm) == rank and perm[1] == rank - 1 else nchw
+            if node.op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
+                return nchw
+            frontier.extend(node.outputs)
+    channels = {1, 3, 4}
+    if shape[1] not in channels and shape[-1] in channels:
+        return nhwc
+    return nchw
+
+
+def default_target_layer(graph: gs.Graph, data: gs.Tensor, logits: gs.Tensor) -> str:
+    """The last rank-4 rectifier output between the input and the logits."""
+    graph.toposort()
+    below = _descendants(data)
+    above = _ancestors(logits)
+    last = None
+    for node in graph.nodes:
+        if node.op not in RECTIFIERS:
+            continue
+        out = node.outputs[0]
+        if out.shape is not None and len(out.shape) == 4 and out.name in below & above:
+            last = out.name
+    if last is None:
+        raise OnnxSplitError("the model has no rank-4 rectifier output; pass target_layer=NAME")
+    return last
+
+
+def _descendants(tensor: gs.Tensor) -> set[str]:
+    seen, stack = set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        for node in t.outputs:
+            stack.extend(node.outputs)
+    return seen
+
+
+def _ancestors(tensor: gs.Tensor) -> set[str]:
+    seen, stack = set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        for node in t.inputs:
+            stack.extend(x for x in node.inputs if x.name)
+    return seen
+
+
+class AttributionContext:
+    """The graph being built and what the methods share: the one-hot seed of the target, one
+    plain backward pass for every requested gradient, and the merged split graph."""
+
+    def __init__(
+        self,
+        canonical: Canonical,
+        data: gs.Tensor,
+        logits: gs.Tensor,
+        target_layer: str | None = None,
+    ):
+        self.canonical = canonical
+        self.graph = canonical.graph
+        self.opset = canonical.opset
+        self.data = data
+        self.logits = logits
+        self.dtype = np.dtype(data.dtype or np.float32)
+        self.em = Emitter(self.graph, self.opset, self.dtype)
+        self.layout = detect_layout(self.graph, data)
+        self._target_layer = target_layer
+        self._split_requests: dict[str, set[str]] = {}
+        self._splits: dict[str, MergedSplit] = {}
+        self._gradients: dict[str, gs.Tensor | None] = {}
+        self.target: gs.Variable | None = None
+        self.onehot: gs.Variable | None = None
+        self.chosen: gs.Variable | None = None  # the class explained, int64 [N]
+        self._passes = 0
+
+    # -- set-up phases (called by attach_methods) ---------------------------------------
+    @property
+    def target_layer(self) -> str:
+        if self._target_layer is None:
+            self._target_layer = default_target_layer(self.graph, self.data, self.logits)
+        tensors = self.graph.tensors()
+        if self._target_layer not in tensors:
+            raise OnnxSplitError(f"the model has no tensor '{self._target_layer}'")
+        return self._target_layer
+
+    def request_split(self, layer: str, mode: str = "normalized") -> None:
+        if self.onehot is not None:
+            raise RuntimeError("split graphs must be requested before the graph is extended")
+        self._split_requests.setdefault(mode, set()).add(layer)
+
+    def build_splits(self) -> None:
+        for mode, layers in self._split_requests.items():
+            self._splits[mode] = merge_split_graph(
+                self.graph, self.canonical, self.data, self.logits, tuple(sorted(layers)), mode
+            )
+
+    def build_seed(self) -> None:
+        """target int64 [N] (-1 = argmax of the logits) -> one-hot rows [N, K]."""
+        em = self.em
+        em.scope = "target"
+        self.target = gs.Variable("target", dtype=np.int64, shape=[self.data.shape[0]])
+        argmax = em.one("ArgMax", [self.logits], {"axis": 1, "keepdims": 0})
+        chosen = em.one("Where", [em.one("Less", [self.target, self._i64(0)]), argmax, self.target])
+        classes = em.one("Gather", [em.one("Shape", [self.logits]), self._i64(1)], {"axis": 0})
+        rows = em.one("Range", [self._i64(0), classes, self._i64(1)])
+        column = em.one("Unsqueeze", [chosen, self._i64([1])])
+        equal = em.one("Equal", [column, rows])
+        self.onehot = em.one("Cast", [equal], {"to": _onnx_dtype(self.dtype)})
+        self.onehot.dtype = self.dtype
+        self.chosen = chosen
+
+    def compute_gradients(self, names: list[str]) -> None:
+        """One plain backward pass of the target logit for every requested tensor."""
+        names = [n for n in dict.fromkeys(names) if n not in self._gradients]
+        if names:
+            self._gradients.update(self.backward({self.logits.name: self.onehot}, names))
+
+    # -- what methods use ----------------------------------------------------------------
+    def tensor(self, name: str) -> gs.Tensor:
+        return self.graph.tensors()[name]
+
+    def gradient(self, name: str) -> gs.Tensor:
+        grad = self._gradients.get(name)
+        if grad is None:
+            if name not in self._gradients:
+                raise RuntimeError(f"the gradient of '{name}' was not requested")
+            return self.em.mul(self.tensor(name), self.scalar(0.0))
+        return grad
+
+    def split(self, mode: str = "normalized") -> MergedSplit:
+        return self._splits[mode]
+
+    def backward(self, seeds, wrt, **kwargs) -> dict:
+        self._passes += 1
+        return differentiate(
+            self.graph,
+            seeds,
+            wrt,
+            opset=self.opset,
+            dtype=self.dtype,
+            emitter=self.em,
+            scope=kwargs.pop("scope", f"backward{self._passes}"),
+            **kwargs,
+        )
+
+    def scalar(self, value: float) -> gs.Constant:
+        return self.em.const(np.asarray(value, self.dtype), "s")
+
+    def _i64(self, value) -> gs.Constant:
+        return self.em.const(np.asarray(value, np.int64), "i", np.int64)
+
+    def channel_sum(self, tensor: gs.Tensor) -> gs.Variable:
+        """Sum an input-shaped tensor over the input's channel axis -> [N, *spatial]."""
+        if self.layout.channel_axis is None:
+            return tensor
+        return self.em.one(
+            "ReduceSum", [tensor, self._i64([self.layout.channel_axis])], {"keepdims": 0}
+        )
+
+    def upsample(self, cam: gs.Tensor) -> gs.Variable:
+        """[N, h, w] -> [N, H, W] at the input's spatial size (Resize linear, half_pixel)."""
+        if self.layout.channel_axis is None:
+            raise OnnxSplitError("class activation maps need an image input (rank >= 3)")
+        em = self.em
+        spatial = [self.data.shape[a] for a in self.layout.spatial_axes]
+        if all(isinstance(d, int) for d in spatial):
+            sizes_hw = self._i64(spatial)
+        else:
+            sizes_hw = em.one(
+                "Gather",
+                [em.one("Shape", [self.data]), self._i64(list(self.layout.spatial_axes))],
+                {"axis": 0},
+            )
+        batched = em.one("Unsqueeze", [cam, self._i64([1])])
+        lead = em.one(
+            "Slice", [em.one("Shape", [batched]), self._i64([0]), self._i64([2])], hint="lead"
+        )
+        sizes = em.one("Concat", [lead, sizes_hw], {"axis": 0})
+        resized = em.one(
+            "Resize",
+            [batched, None, None, sizes],
+            {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+        )
+        return em.one("Squeeze", [resized, self._i64([1])])
+
+
+def _onnx_dtype(dtype: np.dtype) -> int:
+    import onnx
+
+    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+# ----------------------------------------------------------------------------------------
+# methods
+# ----------------------------------------------------------------------------------------
+class AttributionMethod:
+    """Base class. `build` returns {output name: map [N, H, W]}."""
+
+    name = "method"
+
+    def prepare(self, ctx: AttributionContext) -> None:
+        """Request what must exist before the graph is extended (split graphs)."""
+
+    def gradient_targets(self, ctx: AttributionContext) -> list[str]:
+        """Tensors whose plain gradient (of the target logit) the method reads."""
+        return []
+
+    def build(self, ctx: AttributionContext) -> dict[str, gs.Tensor]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return (self.__doc__ or self.name).strip().splitlines()[0]
+
+
+class InputGradientMethod(AttributionMethod):
+    """Maps from the gradient of the target logit w.r.t. the input, summed over channels."""
+
+    def gradient_targets(self, ctx):
+        return [ctx.data.name]
+
+    def combine(self, ctx: AttributionContext, x: gs.Tensor, grad: gs.Tensor) -> gs.Tensor:
+        raise NotImplementedError
+
+    def build(self, ctx):
+        em = ctx.em
+        em.scope = self.name
+        value = self.combine(ctx, ctx.data, ctx.gradient(ctx.data.name))
+        return {f"map_{self.name}": ctx.channel_sum(value)}
+
+
+class Gradient(InputGradientMethod):
+    """Gradient: sum over channels of d logit_k / d x."""
+
+    name = "gradient"
+
+    def combine(self, ctx, x, grad):
+        return grad
+
+
+class GradientXInput(InputGradientMethod):
+    """Gradient x Input: sum over channels of x * d logit_k / d x."""
+
+    name = "gradient_x_input"
+
+    def combine(self, ctx, x, grad):
+        return ctx.em.mul(x, grad)
+
+
+class CAMMethod(AttributionMethod):
+    """Maps from the activation A [N, C, h, w] of a target layer and its gradient."""
+
+    def __init__(self, target_layer: str | None = None):
+        self.target_layer = target_layer
+
+    def layer(self, ctx: AttributionContext) -> str:
+        return self.target_layer or ctx.target_layer
+
+    def gradient_targets(self, ctx):
+        return [self.layer(ctx)]
+
+    def cam(self, ctx: AttributionContext, activation: gs.Tensor, grad: gs.Tensor) -> gs.Tensor:
+        raise NotImplementedError
+
+    def build(self, ctx):
+        name = self.layer(ctx)
+        activation = ctx.tensor(name)
+        if activation.shape is not None and len(activation.shape) != 4:
+            raise OnnxSplitError(f"target layer '{name}' must be rank 4 [N, C, h, w]")
+        ctx.em.scope = self.name
+        cam = self.cam(ctx, activation, ctx.gradient(name))
+        return {f"map_{self.name}": ctx.upsample(cam)}
+
+
+def _sum_channels(ctx: AttributionContext, tensor: gs.Tensor) -> gs.Variable:
+    return ctx.em.one("ReduceSum", [tensor, ctx._i64([1])], {"keepdims": 0})
+
+
+class GradCAM(CAMMethod):
+    """Grad-CAM: relu(sum_c mean_hw(dA_c) A_c)."""
+
+    name = "gradcam"
+
+    def cam(self, ctx, activation, grad):
+        em = ctx.em
+        if ctx.opset >= 18:
+            weights = em.one("ReduceMean", [grad, ctx._i64([2, 3])], {"keepdims": 1})
+        else:
+            weights = em.one("ReduceMean", [grad], {"axes": [2, 3], "keepdims": 1})
+        return em.relu(_sum_channels(ctx, em.mul(weights, activation)))
+
+
+class LayerCAM(CAMMethod):
+    """LayerCAM: relu(sum_c relu(dA_c) A_c)."""
+
+    name = "layercam"
+
+    def cam(self, ctx, activation, grad):
+        em = ctx.em
+        return em.relu(_sum_channels(ctx, em.mul(em.relu(grad), activation)))
+
+
+class LRPMethod(AttributionMethod):
+    """Layer-wise relevance propagation of the one-hot target row (zennit's convention: the
+    relevance at the logits is the one-hot row; multiply by the logit for R = f_k)."""
+
+    def rules(self) -> dict:
+        raise NotImplementedError
+
+    def build(self, ctx):
+        relevance = ctx.backward(
+            {ctx.logits.name: ctx.onehot},
+            [ctx.data.name],
+            rules=self.rules(),
+            scope=self.name,
+        )[ctx.data.name]
+        if relevance is None:
+            relevance = ctx.em.mul(ctx.data, ctx.scalar(0.0))
+        ctx.em.scope = self.name
+        return {f"map_{self.name}": ctx.channel_sum(relevance)}
+
+
+class LRP(LRPMethod):
+    """LRP with a custom rule table {op_type: rule} (see onnxsplit.attribution.lrp)."""
+
+    def __init__(self, rules: dict, name: str = "lrp"):
+        self._rules = dict(rules)
+        self.name = name
+
+    def rules(self):
+        return self._rules
+
+
+class LRPEpsilon(LRPMethod):
+    """LRP-epsilon on every Conv/Gemm/MatMul (epsilon = 0.1), proportional pools and sums."""
+
+    name = "lrp_epsilon"
+
+    def __init__(self, epsilon: float = 0.1):
+        self.epsilon = epsilon
+
+    def rules(self):
+        return lrp.epsilon_composite(self.epsilon)
+
+
+class LRPZPlus(LRPMethod):
+    """LRP-z+ on every Conv/Gemm/MatMul, proportional pools and sums."""
+
+    name = "lrp_zplus"
+
+    def rules(self):
+        return lrp.zplus_composite()
+
+
+class LRPEpsilonPlus(LRPMethod):
+    """zennit's EpsilonPlus: z+ on convolutions, epsilon (1e-6) on dense layers."""
+
+    name = "lrp_epsilon_plus"
+
+    def rules(self):
+        return lrp.epsilon_plus_composite()
+
+
+class SplitCAM(AttributionMethod):
+    """SplitCAM on the split graph: P = sum_c dg_k/dA+ A+ + dg_k/dA- A-, N likewise with h_k.
+
+    Outputs map_splitcam = P - N (= gradient x activation summed over channels, signed),
+    map_splitcam_pos = P and map_splitcam_neg = N (both >= 0), upsampled to the input size.
+    A+ and A- are the re-centered streams at the target layer (mode 'normalized'); the
+    re-centering nodes are an identity in the backward pass.
+    """
+
+    name = "splitcam"
+
+    def __init__(self, target_layer: str | None = None, mode: str = "normalized"):
+        self.target_layer = target_layer
+        self.mode = mode
+
+    def layer(self, ctx: AttributionContext) -> str:
+        return self.target_layer or ctx.target_layer
+
+    def prepare(self, ctx):
+        ctx.request_split(self.layer(ctx), self.mode)
+
+    def build(self, ctx):
+        split = ctx.split(self.mode)
+        pos, neg = split.streams[self.layer(ctx)]
+        evidence = []
+        for label, stream in (("g", split.g), ("h", split.h)):
+            grads = ctx.backward(
+                {stream.name: ctx.onehot},
+                [pos.name, neg.name],
+                overrides=split.overrides(),
+                scope=f"{self.name}_{label}",
+            )
+            em = ctx.em
+            em.scope = self.name
+            terms = [em.mul(grads[t.name], t) for t in (pos, neg) if grads[t.name] is not None]
+            if not terms:
+                terms = [em.mul(pos, ctx.scalar(0.0))]
+            evidence.append(_sum_channels(ctx, em.total(terms)))
+        positive, negative = evidence
+        difference = ctx.em.sub(positive, negative)
+        return {
+            f"map_{self.name}": ctx.upsample(difference),
+            f"map_{self.name}_pos": ctx.upsample(positive),
+            f"map_{self.name}_neg": ctx.upsample(negative),
+        }
+
+
+METHODS: dict[str, type[AttributionMethod]] = {
+    cls.name: cls
+    for cls in (
+        Gradient,
+        GradientXInput,
+        GradCAM,
+        LayerCAM,
+        LRPEpsilon,
+        LRPZPlus,
+        LRPEpsilonPlus,
+        SplitCAM,
+    )
+}
+
+
+def make_method(method: str | AttributionMethod, target_layer: str | None = None):
+    if isinstance(method, AttributionMethod):
+        return method
+    if method not in METHODS:
+        raise OnnxSplitError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+    cls = METHODS[method]
+    if issubclass(cls, CAMMethod | SplitCAM):
+        return cls(target_layer)
+    return cls()
