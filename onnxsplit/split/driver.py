@@ -56,6 +56,9 @@ class SplitGraph:
     output_name: str
     exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
     rule_counts: Counter = field(default_factory=Counter)
+    # every re-centering: (pos in, neg in, pos out, neg out) tensor names; a backward pass that
+    # treats the removed common part as a constant passes adjoints straight through these
+    recentered: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
@@ -202,7 +205,12 @@ def split_graph(
                 and tensor.name != output.name
                 and stabilizer.wants(rule.kind, split_inputs)
             ):
-                value = stabilizer.apply(em, value)
+                em.scope = f"{node.name or node.op}/recenter"
+                stable = stabilizer.apply(em, value)
+                result.recentered.append(
+                    (value.pos.name, value.neg.name, stable.pos.name, stable.neg.name)
+                )
+                value = stable
             values[tensor.name] = value
 
     final = values.get(output.name)
