@@ -178,7 +178,6 @@ def explain(
     """Write saliency maps of MODEL for images, folders or .npy arrays (INPUTS)."""
     from onnxsplit.explain.preprocess import get_preprocess
     from onnxsplit.explain.runner import explain as run_explain
-    from onnxsplit.explain.runner import read_labels
 
     if target == "auto":
         target_index = None
@@ -190,7 +189,6 @@ def explain(
                 f"--target must be a class index or 'auto', not '{target}'"
             ) from None
     pre = get_preprocess(preprocess_spec)
-    labels = read_labels(labels_path, classes_hint=1000)
     run = run_explain(
         model,
         list(inputs),
@@ -201,7 +199,7 @@ def explain(
         batch_size=batch_size,
         device=device,
         preprocess=pre,
-        labels=labels,
+        labels=labels_path,
     )
     source = "cache" if run.from_cache else "compiled now"
     click.echo(f"model: {run.model} ({source})")

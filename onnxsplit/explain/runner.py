@@ -124,6 +124,7 @@ def explain(
     staging = Path(tempfile.mkdtemp(prefix=".onnxsplit-explain-", dir=out_dir))
     rows: list[dict] = []
     used: set[str] = set()
+    names: list[str] | None = None
     try:
         for batch in batches(iterate(inputs), batch_size):
             expanded: list[Item] = []
@@ -146,6 +147,8 @@ def explain(
             )
             elapsed = (time.perf_counter() - start) * 1000 / len(x)
             classes = logits.shape[1]
+            if names is None:
+                names = read_labels(labels, classes) or []
             if target is not None and not 0 <= target < classes:
                 raise OnnxSplitError(
                     f"target {target} is out of range: the model has {classes} "
@@ -168,10 +171,10 @@ def explain(
                         "output": stem,
                         "method": method,
                         "predicted": predicted,
-                        "predicted_label": _label(labels, predicted),
+                        "predicted_label": _label(names, predicted),
                         "logit": float(row_logits[predicted]),
                         "target": explained,
-                        "target_label": _label(labels, explained),
+                        "target_label": _label(names, explained),
                         "provider": provider_used(session),
                         "ms_per_image": round(elapsed, 2),
                     }
@@ -201,10 +204,10 @@ def _label(labels: list[str] | None, index: int) -> str:
     return ""
 
 
-def read_labels(path: Path | None, classes_hint: int | None = None) -> list[str] | None:
-    """Labels from a text file (one per line) or a JSON list/dict; ImageNet names by default."""
+def read_labels(path: Path | None, classes: int | None = None) -> list[str] | None:
+    """Labels from a text file (one per line) or a JSON list/dict; ImageNet names for 1000."""
     if path is None:
-        if classes_hint == 1000:
+        if classes == 1000:
             try:
                 from onnxsplit.zoo.photos import imagenet_label
 
