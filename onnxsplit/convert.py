@@ -82,12 +82,22 @@ def convert_model(
     output_name: str | None = None,
     expose: tuple[str, ...] = (),
     source: str = "",
+    fast: bool = True,
 ) -> ConvertResult:
-    """Compile an in-memory ONNX model into its split model (nothing is written)."""
+    """Compile an in-memory ONNX model into its split model (nothing is written).
+
+    fast: in normalized mode, affine layers whose input was re-centered use the difference/mass
+    form (2 instead of 4 convolutions); `fast=False` emits the plain four-term form.
+    """
     stabilizer = get_stabilizer(mode)
     canonical = canonicalize(model)
     split = split_graph(
-        canonical, stabilizer, input_name=input_name, output_name=output_name, expose=tuple(expose)
+        canonical,
+        stabilizer,
+        input_name=input_name,
+        output_name=output_name,
+        expose=tuple(expose),
+        fast=fast,
     )
     meta = {
         "onnxsplit.version": __version__,

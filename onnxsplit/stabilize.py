@@ -30,7 +30,7 @@ class Stabilizer:
 
     def apply(self, em: Emitter, pair: Pair) -> Pair:
         difference = em.sub(pair.pos, pair.neg)
-        return Pair(em.relu(difference), em.relu(em.neg(difference)))
+        return Pair(em.relu(difference), em.relu(em.neg(difference)), difference)
 
 
 STABILIZERS = {

@@ -127,6 +127,11 @@ def stream_model(split: onnx.ModelProto) -> onnx.ModelProto:
     pos_name, neg_name = json.loads(meta["onnxsplit.input_streams"])
     graph = gs.import_onnx(split)
     tensors = graph.tensors()
+    if pos_name not in tensors or neg_name not in tensors:
+        raise OnnxSplitError(
+            "this split model computes its streams from the input directly (fast normalized "
+            "form); the monotonicity and convexity checks apply to --mode raw models"
+        )
     source = tensors[meta["onnxsplit.input"]]
     streams = [tensors[pos_name], tensors[neg_name]]
     for tensor in streams:

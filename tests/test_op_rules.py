@@ -20,10 +20,10 @@ def _inputs(model, batch: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("mode", ["normalized", "raw"])
+@pytest.mark.parametrize("mode", ["normalized", "normalized-4term", "raw"])
 def test_rule_is_exact(name: str, mode: str) -> None:
     model = CASES[name]
-    result = convert_model(model, mode=mode)
+    result = convert_model(model, mode=mode.split("-")[0], fast=mode != "normalized-4term")
     session = make_session(result.model.SerializeToString(), "cpu")
     for batch in (1, 3):
         x = _inputs(model, batch)
@@ -70,3 +70,18 @@ def test_convexity_check_detects_a_concave_branch() -> None:
     broken.metadata_props.extend(model.metadata_props)
     monotone, convex = convexity_checks(broken, [1, 3, 6, 6], samples=32)
     assert monotone > 1e-3 and convex > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fast_normalized_form_gives_the_same_streams(name: str) -> None:
+    """The difference/mass form computes the four-term streams, not just the same f."""
+    model = CASES[name]
+    x = _inputs(model, 2)
+    streams = []
+    for fast in (True, False):
+        split = convert_model(model, fast=fast).model
+        streams.append(make_session(split.SerializeToString(), "cpu").run(["g", "h"], {"x": x}))
+    (g_fast, h_fast), (g_four, h_four) = streams
+    scale = max(np.abs(g_four).max(), 1e-6)
+    np.testing.assert_allclose(g_fast, g_four, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(h_fast, h_four, rtol=0, atol=1e-5 * scale)

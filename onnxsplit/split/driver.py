@@ -156,6 +156,7 @@ def split_graph(
     input_name: str | None = None,
     output_name: str | None = None,
     expose: tuple[str, ...] = (),
+    fast: bool = False,
 ) -> SplitGraph:
     """Build the split graph of `canonical`. Outputs: logits, g, h (+ exposed streams)."""
     source = canonical.graph
@@ -170,14 +171,15 @@ def split_graph(
 
     graph = gs.Graph(opset=canonical.opset, name="onnxsplit")
     dtype = np.dtype(data_input.dtype)
-    em = Emitter(graph, canonical.opset, dtype)
+    # the fast form relies on minimal pairs, which only a re-centering stabilizer maintains
+    em = Emitter(graph, canonical.opset, dtype, fast=fast and bool(stabilizer.recenter_kinds))
     x = gs.Variable(data_input.name, dtype=data_input.dtype, shape=data_input.shape)
     graph.inputs = [x]
     em.scope = "input"
     x_pos = em.relu(x)
     x_neg = em.relu(em.neg(x))
     x_pos.name, x_neg.name = X_POS, X_NEG
-    values: dict[str, Value] = {data_input.name: Pair(x_pos, x_neg)}
+    values: dict[str, Value] = {data_input.name: Pair(x_pos, x_neg, x)}
     result = SplitGraph(graph, data_input.name, output.name)
     exposed_outputs: list[gs.Variable] = []
 

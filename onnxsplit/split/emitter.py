@@ -15,8 +15,11 @@ Operand = gs.Tensor | np.ndarray | float
 class Emitter:
     """Owns the graph being built; every emitted node and constant gets a unique name."""
 
-    def __init__(self, graph: gs.Graph, opset: int, dtype: np.dtype):
+    def __init__(self, graph: gs.Graph, opset: int, dtype: np.dtype, fast: bool = False):
         self.graph = graph
+        # fast: affine layers on minimal pairs use the difference/mass form (two convolutions
+        # instead of four); the streams are the same numbers up to rounding
+        self.fast = fast
         self.opset = opset
         self.dtype = np.dtype(dtype)
         self._counter = 0

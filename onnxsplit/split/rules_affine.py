@@ -23,6 +23,8 @@ def split_linear(
     em: Emitter, pair: Pair, weight: np.ndarray, apply: Apply, bias: np.ndarray | None = None
 ) -> Pair:
     """Apply the linear map `apply(., W)` to a pair, with W split by sign, then add the bias."""
+    if em.fast and pair.difference is not None:
+        return _split_linear_minimal(em, pair.difference, weight, apply, bias)
     w_pos, w_neg = positive_part(weight), negative_part(weight)
 
     def stream(same: gs.Variable, other: gs.Variable, w_same, w_other) -> gs.Variable:
@@ -41,6 +43,23 @@ def split_linear(
         pos = em.plus_const(pos, positive_part(bias))
         neg = em.plus_const(neg, negative_part(bias))
     return Pair(pos, neg)
+
+
+def _split_linear_minimal(
+    em: Emitter, d: gs.Variable, weight: np.ndarray, apply: Apply, bias: np.ndarray | None
+) -> Pair:
+    """The same streams from d when (p, q) = (relu(d), relu(-d)):
+
+    W+ relu(d) + W- relu(-d) = (|W| |d| + W d) / 2,  so with the mass m = |W| |d| + |b| and the
+    output f = W d + b:   p' = (m + f) / 2,  q' = (m - f) / 2,   p' - q' = f.
+    """
+    output = apply(d, weight)
+    mass = apply(em.one("Abs", [d]), np.abs(weight).astype(weight.dtype))
+    if bias is not None:
+        output = em.plus_const(output, bias)
+        mass = em.plus_const(mass, np.abs(bias).astype(bias.dtype))
+    half = np.asarray(0.5, em.dtype)
+    return Pair(em.mul(em.add(mass, output), half), em.mul(em.sub(mass, output), half))
 
 
 def scale_pair(em: Emitter, pair: Pair, factor: np.ndarray) -> Pair:

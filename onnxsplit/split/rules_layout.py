@@ -33,7 +33,55 @@ def per_stream(
             else:
                 operands.append(value.tensor)
         outputs.append(em.op(node.op, operands, dict(node.attrs), len(node.outputs)))
-    return [Pair(pos, neg) for pos, neg in zip(*outputs, strict=True)]
+    differences = _selection_of_differences(em, node, inputs, data_inputs)
+    return [
+        Pair(pos, neg, difference)
+        for pos, neg, difference in zip(*outputs, differences, strict=True)
+    ]
+
+
+# ops that only select, copy or rearrange elements: they commute with relu, so a minimal pair
+# (relu(d), relu(-d)) stays minimal and its d can be carried along
+SELECTION_OPS = {
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Split",
+    "Expand",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Gather",
+    "Concat",
+    "Where",
+    "Pad",
+    "Identity",
+}
+
+
+def _selection_of_differences(
+    em: Emitter, node: gs.Node, inputs: list[Value], data_inputs: Sequence[int]
+) -> list[gs.Variable | None]:
+    pairs = [v for v in inputs if isinstance(v, Pair)]
+    minimal = all(p.difference is not None for p in pairs)
+    if not (em.fast and minimal and node.op in SELECTION_OPS):
+        return [None] * len(node.outputs)
+    if node.op == "Pad" and (node.attrs.get("mode", "constant") not in ("constant", b"constant")):
+        return [None] * len(node.outputs)
+    operands = []
+    for value in inputs:
+        if value is None:
+            operands.append(None)
+        elif isinstance(value, Pair):
+            operands.append(value.difference)
+        elif isinstance(value, Const):
+            operands.append(em.const(value.value, "param", value.value.dtype))
+        else:
+            operands.append(value.tensor)
+    return em.op(node.op, operands, dict(node.attrs), len(node.outputs))
 
 
 def _check_params(node: gs.Node, inputs: list[Abstract], data: Sequence[int]) -> str | None:

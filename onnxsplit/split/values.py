@@ -24,10 +24,15 @@ class Plain:
 
 @dataclass(frozen=True)
 class Pair:
-    """A split activation: original = pos - neg (both >= 0 in the raw split)."""
+    """A split activation: original = pos - neg (both >= 0 in the raw split).
+
+    `difference` is set on a minimal pair (pos, neg) = (relu(d), relu(-d)) made by re-centering:
+    it is d itself, which lets the fast normalized form compute the next affine layer from d.
+    """
 
     pos: gs.Variable
     neg: gs.Variable
+    difference: gs.Variable | None = None
 
 
 Value = Const | Plain | Pair
