@@ -214,6 +214,55 @@ def explain(
     click.echo(f"wrote {len(run.rows)} map(s) to {out_dir}")
 
 
+@main.command("export-web")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the bundle (model.onnx, preprocess.json, labels.json).",
+)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    help="Method to compile (repeatable; default: splitcam and gradcam).",
+)
+@click.option(
+    "--preset",
+    default="efficientnet-lite",
+    show_default=True,
+    help="Preprocessing preset, JSON object or JSON file.",
+)
+@click.option("--labels", type=click.Path(path_type=Path), help="Class names file.")
+@click.option("--target-layer", default=None, metavar="TENSOR")
+@click.option("--input", "input_name", default=None)
+@click.option("--output-name", default=None)
+@click.option("--no-check", is_flag=True, help="Skip the test run in onnxruntime.")
+@click.option("--force", is_flag=True, help="Replace an earlier bundle in --out.")
+@user_errors
+def export_web(
+    model, out_dir, methods, preset, labels, target_layer, input_name, output_name, no_check, force
+):
+    """Write what a browser or Node app needs to explain with MODEL (see docs/deploy.md)."""
+    from onnxsplit.deploy.web import export_bundle
+
+    folder = export_bundle(
+        model,
+        out_dir,
+        methods=tuple(methods) or ("splitcam", "gradcam"),
+        preset=preset,
+        labels=labels,
+        force=force,
+        target_layer=target_layer,
+        input_name=input_name,
+        output_name=output_name,
+        check=not no_check,
+    )
+    click.echo(f"wrote bundle to {folder}")
+
+
 @main.command()
 def methods():
     """List the attribution methods that can be compiled into a model."""

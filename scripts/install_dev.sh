@@ -14,5 +14,16 @@ if python -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && \
     python -m pip uninstall -q -y onnxruntime
     python -m pip install -q --force-reinstall --no-deps onnxruntime-gpu
 fi
+# Node/browser deployment tests: onnxruntime-node's CPU build ships in the npm package (skip its
+# download of CUDA binaries); the browser test drives Debian's chromium (no browser download).
+export ONNXRUNTIME_NODE_INSTALL=skip ONNXRUNTIME_NODE_INSTALL_CUDA=skip
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix examples/node --ignore-scripts --no-audit --no-fund --loglevel=error
+fi
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \
+        || echo "chromium could not be installed: the browser test will be skipped"
+fi
 python -c "import onnxruntime, torch; print('onnxruntime', onnxruntime.__version__, \
 onnxruntime.get_available_providers(), '| torch', torch.__version__)"
