@@ -74,10 +74,9 @@ def clip(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
 def _leaky(em: Emitter, pair: Pair, slope: np.ndarray) -> Pair:
     """leaky(z) = max(z, a z) for 0 <= a <= 1."""
     slope = np.asarray(slope, em.dtype)
-    pos = em.max(
-        em.add(pair.pos, em.mul(pair.neg, slope)), em.add(em.mul(pair.pos, slope), pair.neg)
-    )
-    return Pair(pos, em.mul(pair.neg, (1 + slope).astype(em.dtype)))
+    scaled_neg = em.mul(pair.neg, slope)  # shared, so that pos - neg cancels exactly
+    pos = em.max(em.add(pair.pos, scaled_neg), em.add(em.mul(pair.pos, slope), pair.neg))
+    return Pair(pos, em.add(pair.neg, scaled_neg))
 
 
 def _check_leaky(node: gs.Node, inputs: list[Abstract]) -> str | None:
