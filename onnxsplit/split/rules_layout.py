@@ -12,6 +12,20 @@ from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind, is_split, rule
 from onnxsplit.split.values import Abstract, Const, Pair, Plain, Value, negative_part, positive_part
 
+RESHAPING_OPS = (
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Split",
+    "Expand",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
+)
+
 
 def per_stream(
     em: Emitter, node: gs.Node, inputs: list[Value], data_inputs: Sequence[int]
@@ -42,24 +56,7 @@ def per_stream(
 
 # ops that only select, copy or rearrange elements: they commute with relu, so a minimal pair
 # (relu(d), relu(-d)) stays minimal and its d can be carried along
-SELECTION_OPS = {
-    "Flatten",
-    "Reshape",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Slice",
-    "Split",
-    "Expand",
-    "Tile",
-    "DepthToSpace",
-    "SpaceToDepth",
-    "Gather",
-    "Concat",
-    "Where",
-    "Pad",
-    "Identity",
-}
+SELECTION_OPS = {*RESHAPING_OPS, "Gather", "Concat", "Where", "Pad", "Identity"}
 
 
 def _selection_of_differences(
@@ -102,19 +99,7 @@ def _layout_rule(op_types: Sequence[str], data: Sequence[int], summary: str) -> 
 
 
 _layout_rule(
-    [
-        "Flatten",
-        "Reshape",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Slice",
-        "Split",
-        "Expand",
-        "Tile",
-        "DepthToSpace",
-        "SpaceToDepth",
-    ],
+    RESHAPING_OPS,
     data=(0,),
     summary="reshaping/selection applied to each stream",
 )
