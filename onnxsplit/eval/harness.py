@@ -1,0 +1,359 @@
+"""`evaluate`: every attribution method × every Quantus metric on one model and one dataset.
+
+One compiled model per method (``attach_methods``; cached on disk by model hash under
+``<ONNXSPLIT_CACHE or ~/.cache/onnxsplit>/eval``), one map per sample and method, then each
+metric scores the maps (re-explaining through the compiled graph where the metric perturbs the
+input or the weights). Writes ``results.csv`` (mean ± standard error per method × metric, with
+ranks), ``scores.csv`` (every per-sample score), ``results.md`` and ``ranks.png`` into
+``out_dir``. Every random draw is seeded from ``seed``: the same call gives the same tables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxsplit.errors import OnnxSplitError
+from onnxsplit.eval.datasets import Sample, fit_mask, load_dataset
+from onnxsplit.eval.metrics import (
+    CATEGORIES,
+    CATEGORY_OF,
+    MetricContext,
+    metric_specs,
+    resolve_metrics,
+    run_metric,
+)
+from onnxsplit.eval.onnxmodel import CompiledModels, OnnxClassifier, base_method, check_method
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ResolvedModel:
+    name: str  # shown in tables
+    path: Path
+    preprocess: str  # a preset of onnxsplit.explain.preprocess, or JSON
+
+
+@dataclass
+class EvaluationResult:
+    model: str
+    dataset: str
+    methods: list[str]
+    metrics: list[str]
+    n_samples: int
+    seed: int
+    provider: str
+    rows: list[dict]  # one per method × metric: mean, se, n, ranks
+    scores: list[dict]  # one per method × metric × sample
+    category_ranks: dict[str, dict[str, float]]  # category -> method -> rank (1 = best)
+    mean_category_rank: dict[str, dict[str, float]]  # category -> method -> mean metric rank
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_model(model: Path | str, preprocess: str | None = None) -> ResolvedModel:
+    """A zoo model name or an .onnx path, with its preprocessing preset."""
+    from onnxsplit.zoo import registry
+
+    text = str(model)
+    base, _, size = text.partition("@")
+    if base in registry.ZOO_SPECS and not Path(text).exists():
+        if size:  # e.g. efficientnet_lite0@448: the zoo export at another input size
+            try:
+                path = registry.model_path(base, size=int(size))
+            except TypeError:
+                raise OnnxSplitError(f"this zoo cannot export '{base}' at {size} px") from None
+        else:
+            path = registry.model_path(base)
+        name = text
+    else:
+        path = Path(model)
+        if not path.is_file():
+            known = ", ".join(registry.ZOO_SPECS)
+            raise OnnxSplitError(
+                f"model '{model}' is neither an .onnx file nor a zoo model ({known})"
+            )
+        name = path.stem
+    if preprocess is None:
+        lowered = name.lower()
+        if "efficientnet" in lowered:
+            preprocess = "efficientnet-lite"
+        elif "digits" in lowered:
+            preprocess = "digits"
+        elif "fer" in lowered:
+            preprocess = (
+                '{"scale": 0.00392156862745098, "mean": [0.5], "std": [0.5], "color": "gray", '
+                '"resize": "stretch"}'
+            )
+        elif "tumor" in lowered:
+            preprocess = '{"scale": 0.00392156862745098, "resize": "stretch"}'
+        else:
+            preprocess = "imagenet"
+    return ResolvedModel(name, path, preprocess)
+
+
+def prepare_inputs(samples: list[Sample], classifier: OnnxClassifier, preprocess: str):
+    """(x channel-first float32 [N,C,H,W], masks [N,1,H,W] bool or None) at the model's size."""
+    from onnxsplit.explain.preprocess import InputLayout, get_preprocess, to_input
+
+    info = classifier.info
+    pre = get_preprocess(preprocess)
+    layout = InputLayout("NCHW", info.channels, info.height, info.width)
+    xs, masks = [], []
+    for sample in samples:
+        x, _ = to_input(sample.image, layout, pre)
+        xs.append(x)
+        if sample.mask is not None:
+            masks.append(fit_mask(sample.mask, info.height, info.width, pre.resize))
+    x = np.stack(xs).astype(np.float32)
+    s = np.stack(masks)[:, None] if masks and len(masks) == len(samples) else None
+    return x, s
+
+
+def evaluate(
+    model: Path | str,
+    methods: list[str],
+    metrics: list[str],
+    data: str | Path,
+    out_dir: Path,
+    seed: int = 0,
+    batch_size: int = 8,
+    limit: int | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    *,
+    preprocess: str | None = None,
+    target_layer: str | None = None,
+    steps: int = 16,
+    nr_runs: int = 20,
+    nr_samples: int = 3,
+    mprt_stages: int = 3,
+    cache_dir: Path | None = None,
+    write: bool = True,
+) -> EvaluationResult:
+    """Score `methods` (names from METHODS, map variants like 'splitcam_pos', or the controls
+    'random' / '<method>@other') with `metrics` (names, categories, 'default' or 'all'; see
+    onnxsplit.eval.metrics) on dataset `data` (grid2, grid3, quokka, digits or a folder)."""
+    import onnx
+
+    from onnxsplit.explain.runner import cache_root
+
+    started = time.perf_counter()
+    if not methods:
+        raise OnnxSplitError("no method to evaluate")
+    for method in methods:
+        check_method(method)
+    metric_names = resolve_metrics(metrics)
+    specs = metric_specs()
+    resolved = resolve_model(model, preprocess)
+    proto = onnx.load(str(resolved.path))
+    runtime = CompiledModels(
+        device, cache_dir if cache_dir is not None else cache_root() / "eval", target_layer
+    )
+    classifier = OnnxClassifier(
+        proto, runtime, seed=seed, batch_size=batch_size, mprt_stages=mprt_stages
+    )
+    runtime.persistent.add(classifier.key)
+    info = classifier.info
+    samples = load_dataset(
+        data,
+        model_name=resolved.name,
+        input_size=(info.height, info.width),
+        seed=seed,
+        limit=limit,
+    )
+    if not samples:
+        raise OnnxSplitError(f"dataset '{data}' has no samples")
+    x, s = prepare_inputs(samples, classifier, resolved.preprocess)
+    logits = classifier.predict_numpy(x)
+    y = np.asarray(
+        [
+            t if t >= 0 else int(np.argmax(p))
+            for t, p in zip((smp.target for smp in samples), logits, strict=True)
+        ]
+    )
+    notes = _target_notes(logits, y, str(data).startswith("grid"))
+    ctx = MetricContext(
+        info.channels,
+        info.height,
+        info.width,
+        info.num_classes,
+        seed=seed,
+        steps=steps,
+        nr_runs=nr_runs,
+        nr_samples=nr_samples,
+        mprt_stages=mprt_stages,
+    )
+    chosen = []
+    for name in metric_names:
+        spec = specs[name]
+        if spec.max_pixels is not None and ctx.pixels > spec.max_pixels:
+            notes.append(
+                f"{name} skipped: one forward pass per pixel ({ctx.pixels} pixels > "
+                f"{spec.max_pixels})"
+            )
+            continue
+        if spec.needs_mask and s is None:
+            notes.append(f"{name} skipped: the dataset has no mask for every sample")
+            continue
+        chosen.append(name)
+
+    total = len(methods) * (len(chosen) + 1)
+    step = 0
+    scores: list[dict] = []
+    errors: list[str] = []
+    softmax = False if info.probabilities else None
+    for method in methods:
+        step += 1
+        _tell(progress, step, total, f"{method}: maps")
+        try:
+            a = classifier.explain(method, x, y)[:, None]
+        except Exception as exc:  # a method the model cannot compile: a row of NaN
+            errors.append(f"{method}: {type(exc).__name__}: {exc}")
+            a = None
+        for name in chosen:
+            step += 1
+            _tell(progress, step, total, f"{method}: {name}")
+            values = np.full(len(samples), np.nan)
+            if a is not None:
+                try:
+                    values = run_metric(
+                        specs[name], ctx, classifier, method, x, y, a, s, batch_size, softmax
+                    )
+                except Exception as exc:
+                    errors.append(f"{method} / {name}: {type(exc).__name__}: {exc}")
+                if CATEGORY_OF[name] in ("randomisation", "axiomatic"):
+                    # the randomised / shifted models' sessions
+                    runtime.release(
+                        classifier.key,
+                        base_method(method.removesuffix("@other"))[0]
+                        if method != "random"
+                        else None,
+                    )
+            for sample, value in zip(samples, values, strict=True):
+                scores.append(
+                    {
+                        "model": resolved.name,
+                        "dataset": str(data),
+                        "method": method,
+                        "category": CATEGORY_OF[name],
+                        "metric": name,
+                        "sample": sample.name,
+                        "score": float(value),
+                    }
+                )
+        runtime.release(keep=classifier.key)
+    rows, category_ranks, mean_ranks = summarise(scores, methods, chosen)
+    result = EvaluationResult(
+        model=resolved.name,
+        dataset=str(data),
+        methods=list(methods),
+        metrics=chosen,
+        n_samples=len(samples),
+        seed=seed,
+        provider=runtime.provider,
+        rows=rows,
+        scores=scores,
+        category_ranks=category_ranks,
+        mean_category_rank=mean_ranks,
+        errors=errors,
+        notes=notes,
+        seconds=time.perf_counter() - started,
+        out_dir=Path(out_dir),
+    )
+    if write:
+        from onnxsplit.eval.report import write_result
+
+        write_result(result, Path(out_dir))
+    return result
+
+
+def _tell(progress: Progress | None, step: int, total: int, message: str) -> None:
+    if progress is not None:
+        progress(step, total, message)
+
+
+def _target_notes(logits: np.ndarray, y: np.ndarray, grid: bool) -> list[str]:
+    order = np.argsort(-logits, axis=1)
+    top1 = float(np.mean(order[:, 0] == y))
+    top5 = float(np.mean([t in row[:5] for t, row in zip(y, order, strict=True)]))
+    note = (
+        f"the class explained is the model's top-1 for {top1:.0%} of the samples, in its top-5 "
+        f"for {top5:.0%}"
+    )
+    if grid:
+        note += " (in a grid of k tiles at most 1/k of the tiles' classes can be top-1)"
+    return [note]
+
+
+def summarise(
+    scores: list[dict], methods: list[str], metrics: list[str]
+) -> tuple[list[dict], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Mean ± standard error per method × metric, each method's rank per metric (1 = best,
+    ties share the mean rank, NaN last) and per category (the rank of the mean metric rank)."""
+    specs = metric_specs()
+    table: dict[tuple[str, str], np.ndarray] = {}
+    for method in methods:
+        for metric in metrics:
+            values = [r["score"] for r in scores if r["method"] == method and r["metric"] == metric]
+            table[method, metric] = np.asarray(values, dtype=np.float64)
+    rows = []
+    metric_rank: dict[tuple[str, str], float] = {}
+    for metric in metrics:
+        spec = specs[metric]
+        means = []
+        for method in methods:
+            v = table[method, metric]
+            finite = v[np.isfinite(v)]
+            mean = float(finite.mean()) if finite.size else float("nan")
+            se = float(finite.std(ddof=1) / np.sqrt(finite.size)) if finite.size > 1 else 0.0
+            means.append(mean)
+            rows.append(
+                {
+                    "category": CATEGORY_OF[metric],
+                    "metric": metric,
+                    "method": method,
+                    "n": int(finite.size),
+                    "mean": mean,
+                    "se": se if finite.size else float("nan"),
+                    "higher_is_better": spec.higher_is_better,
+                }
+            )
+        for method, rank in zip(methods, rank_values(means, spec.higher_is_better), strict=True):
+            metric_rank[method, metric] = rank
+    category_ranks: dict[str, dict[str, float]] = {}
+    mean_ranks: dict[str, dict[str, float]] = {}
+    for category in CATEGORIES:
+        members = [m for m in metrics if CATEGORY_OF[m] == category]
+        members = [m for m in members if any(np.isfinite(table[k, m]).any() for k in methods)]
+        if not members:
+            continue
+        mean_ranks[category] = {
+            method: float(np.mean([metric_rank[method, m] for m in members])) for method in methods
+        }
+        ranks = rank_values([mean_ranks[category][m] for m in methods], False, ties="min")
+        category_ranks[category] = dict(zip(methods, ranks, strict=True))
+    for row in rows:
+        row["metric_rank"] = metric_rank[row["method"], row["metric"]]
+        row["category_rank"] = category_ranks.get(row["category"], {}).get(row["method"], np.nan)
+    return rows, category_ranks, mean_ranks
+
+
+def rank_values(values: list[float], higher_is_better: bool, ties: str = "average") -> list[float]:
+    """Ranks 1..n (1 = best); NaN values share the last ranks; ties 'average' or 'min'."""
+    arr = np.asarray(values, dtype=np.float64)
+    key = np.where(np.isfinite(arr), -arr if higher_is_better else arr, np.inf)
+    ranks = np.empty(len(arr))
+    for i, k in enumerate(key):
+        below = float(np.sum(key < k))
+        same = float(np.sum(key == k))
+        ranks[i] = below + 1 if ties == "min" else below + (same + 1) / 2
+    return ranks.tolist()
