@@ -264,6 +264,125 @@ def export_web(
 
 
 @main.command()
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Original ONNX model (or a zoo name such as efficientnet_lite0).",
+)
+@click.option(
+    "--methods",
+    default="gradcam,layercam,splitcam,lrp_zplus,gradient",
+    show_default=True,
+    help="Comma-separated method names (see `onnxsplit methods`).",
+)
+@click.option(
+    "--metrics",
+    default="default",
+    show_default=True,
+    help="Comma-separated metric names or categories, 'default' or 'all'.",
+)
+@click.option(
+    "--data",
+    default="grid2",
+    show_default=True,
+    help="grid2, grid3, quokka, digits, or a dataset folder (docs/evaluate.md).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("evaluation"),
+    show_default=True,
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--limit", default=None, type=int, help="Use at most this many samples.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@user_errors
+def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limit, device):
+    """Score every method with Quantus metrics; write results.csv/.md and ranks.png."""
+    from onnxsplit.eval.harness import evaluate as run_evaluate
+
+    with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
+
+        def progress(step: int, total: int, message: str) -> None:
+            bar.length = max(total, 1)
+            bar.label = message[:40]
+            bar.update(max(step - bar.pos, 0))
+
+        result = run_evaluate(
+            model_path,
+            _names(methods),
+            _names(metrics),
+            data,
+            out_dir,
+            seed=seed,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            progress=progress,
+        )
+    click.echo(f"provider: {result.provider}   samples: {result.n_samples}")
+    click.echo(f"wrote {out_dir / 'results.md'}, results.csv and ranks.png")
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(["mlp", "cnn"]), default="mlp", show_default=True)
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="digits, or an image folder FOLDER/<class>/*.png.",
+)
+@click.option("--epochs", default=None, type=int, help="Default: the architecture's default.")
+@click.option(
+    "--kind",
+    type=click.Choice(["dc", "relu", "monotone"]),
+    default="dc",
+    show_default=True,
+    help="dc: f = g - h with monotone g, h; relu: unconstrained; monotone: one branch.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=Path("model.onnx"),
+    show_default=True,
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@user_errors
+def train(arch, data, epochs, kind, seed, out_path, force):
+    """Train a self-explaining difference-of-monotone model (or a baseline) and export ONNX."""
+    from onnxsplit.emit import check_destination
+    from onnxsplit.train.trainer import train as run_train
+
+    check_destination(out_path, force)
+    result = run_train(
+        arch=arch,
+        data=data,
+        epochs=epochs,
+        out=out_path,
+        kind=kind,
+        seed=seed,
+        progress=lambda line: click.echo(line, err=True),
+    )
+    click.echo(
+        f"{result.kind} {result.arch}: train accuracy {result.train_accuracy:.4f}, "
+        f"test accuracy {result.test_accuracy:.4f} ({result.seconds:.1f} s)"
+    )
+    click.echo(f"wrote {out_path}")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@main.command()
 def methods():
     """List the attribution methods that can be compiled into a model."""
     from onnxsplit.attribution.methods import METHODS

@@ -2,7 +2,7 @@
 
 `attach_methods(model, methods)` returns a model whose one inference call yields the logits and
 saliency maps (Gradient, Gradient x Input, Grad-CAM, LayerCAM, LRP-epsilon, LRP-z+, zennit's
-EpsilonPlus, SplitCAM on the DC-split graph).
+EpsilonPlus; SplitCAM, SplitLRP and SplitGrad on the DC-split graph, docs/methods.md).
 """
 
 from onnxsplit.attribution.attach import attach_methods

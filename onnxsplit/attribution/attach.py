@@ -2,7 +2,8 @@
 
     inputs:  <data input of the original model>, target int64 [N] (-1 = the predicted class)
     outputs: logits [N, K], map_<method> [N, H, W] for each method (SplitCAM adds
-             map_splitcam_pos and map_splitcam_neg)
+             map_splitcam_pos and map_splitcam_neg; SplitLRP and SplitGrad add
+             map_<name>_g and map_<name>_h; outputs not named map_* are [N] diagnostics)
 
 The model is canonicalized (onnxsplit.canonicalize), raised to opset >= 17 (MaxPool's backward
 uses ScatterElements with reduction='add', opset 16), and the backward passes are compiled into
@@ -63,8 +64,8 @@ def attach_methods(
     """Return a model computing the logits and one map per method in one inference call.
 
     methods: names from onnxsplit.attribution.methods.METHODS ('gradient', 'gradient_x_input',
-    'gradcam', 'layercam', 'lrp_epsilon', 'lrp_zplus', 'lrp_epsilon_plus', 'splitcam') or
-    method instances. target_layer: the tensor the CAM methods explain (default: the last
+    'gradcam', 'layercam', 'lrp_epsilon', 'lrp_zplus', 'lrp_epsilon_plus', 'splitcam',
+    'splitlrp', 'splitgrad') or method instances (docs/methods.md defines each). target_layer: the tensor the CAM methods explain (default: the last
     rank-4 rectifier output of the canonical graph). The argument `model` is not modified.
     """
     if not methods:
@@ -96,8 +97,8 @@ def attach_methods(
     map_shape = [batch] + [data.shape[a] for a in ctx.layout.spatial_axes]
     if ctx.layout.channel_axis is None:
         map_shape = list(data.shape or [batch, None])
-    for name, tensor in maps.items():
-        outputs.append(_named(ctx, tensor, name, map_shape))
+    for name, tensor in maps.items():  # maps [N, H, W]; diagnostics (not map_*) [N]
+        outputs.append(_named(ctx, tensor, name, map_shape if name.startswith("map_") else [batch]))
     graph.inputs = [data, ctx.target]
     graph.outputs = outputs
     graph.cleanup().toposort()

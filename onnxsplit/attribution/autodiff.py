@@ -444,11 +444,67 @@ def _transpose_conv(
         "pads": list(begin) + end,
         "group": int(group),
     }
+    flipped = _flipped_conv(
+        bw, grad, weight, kernel, strides, dilations, begin, end, extra, group, outs
+    )
+    if flipped is not None:
+        return flipped
     if any(extra):
         if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True)):
             raise _Unsupported("input positions beyond the last window exceed the stride")
         attrs["output_padding"] = extra
     return bw.em.one("ConvTranspose", [grad, weight], attrs)
+
+
+def _flipped_conv(bw, grad, weight, kernel, strides, dilations, begin, end, extra, group, outs):
+    """A ConvTranspose with constant weights as the equivalent Conv: weights flipped in space,
+    in/out channels swapped per group, strides > 1 (2-D) by zero insertion into the adjoint.
+    The same numbers, and onnxruntime's CPU Conv kernels are several times faster than its
+    ConvTranspose (depthwise ones above all). None where it does not apply."""
+    w = constant_value(weight)
+    if w is None:
+        return None
+    span = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+    # on the input upsampled by zero insertion (length size * s, s - 1 zeros after each value)
+    pads = [e - b for e, b in zip(span, begin, strict=True)] + [
+        e - f + x - (s - 1) for e, f, x, s in zip(span, end, extra, strides, strict=True)
+    ]
+    if any(p < 0 for p in pads):
+        return None
+    if any(s != 1 for s in strides):
+        if len(strides) != 2 or len(outs) != 2:
+            return None
+        grad = _zero_upsample(bw, grad, int(w.shape[0]), [int(o) for o in outs], strides)
+    out_ch, in_per_group = w.shape[:2]
+    per_group = out_ch // group
+    spatial = w.shape[2:]
+    blocks = w.reshape(group, per_group, in_per_group, *spatial)
+    swapped = np.swapaxes(blocks, 1, 2).reshape(group * in_per_group, per_group, *spatial)
+    flip = (slice(None), slice(None)) + (slice(None, None, -1),) * len(spatial)
+    flipped = np.ascontiguousarray(swapped[flip])
+    attrs = {
+        "kernel_shape": list(kernel),
+        "strides": [1] * len(kernel),
+        "dilations": list(dilations),
+        "pads": pads,
+        "group": int(group),
+    }
+    return bw.em.one("Conv", [grad, bw.em.const(flipped.astype(w.dtype), "wflip", w.dtype)], attrs)
+
+
+def _zero_upsample(bw, x, c, sizes, strides):
+    """[N, c, h, w] -> [N, c, h*sh, w*sw], x at the multiples of the strides and zeros between:
+    a depthwise 1x1 ConvTranspose with unit weights (the fastest of Pad, Concat+DepthToSpace and
+    this in onnxruntime on the CPU)."""
+    del sizes
+    ones = bw.em.const(np.ones((c, 1, 1, 1), bw.em.dtype), "ones")
+    attrs = {
+        "kernel_shape": [1, 1],
+        "strides": list(strides),
+        "group": int(c),
+        "output_padding": [s - 1 for s in strides],
+    }
+    return bw.em.one("ConvTranspose", [x, ones], attrs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -535,6 +591,11 @@ def _abs(bw, node, douts, needs):
 @adjoint("Max", "Min", summary="routes dy to the input that won (ties: the first one)")
 def _max_min(bw, node, douts, needs):
     y, dy = node.outputs[0], douts[0]
+    x0, x1 = (node.inputs + [None])[:2]
+    if len(node.inputs) == 2 and x0.shape is not None and x1.shape is not None:
+        if list(x0.shape) == list(x1.shape) == list(y.shape or []):  # no broadcasting
+            first = bw.where(bw.em.one("Equal", [x0, y]), dy, 0.0)
+            return [first if needs[0] else None, bw.em.sub(dy, first) if needs[1] else None]
     taken = None
     result: list[Grad] = []
     for x, need in zip(node.inputs, needs, strict=True):

@@ -149,3 +149,222 @@ def zplus_composite() -> dict:
 def epsilon_plus_composite(epsilon: float = 1e-6) -> dict:
     """zennit's EpsilonPlus: z+ on convolutions, epsilon on dense layers (Gemm, MatMul)."""
     return composite(ZPlus(), overrides={"Gemm": Epsilon(epsilon), "MatMul": Epsilon(epsilon)})
+
+
+# ------------------------------------------------------------------------------------------
+# relevance on the split graph (SplitLRP)
+# ------------------------------------------------------------------------------------------
+def _merge_signs(node: gs.Node) -> list[float]:
+    if node.op == "Sub":
+        return [1.0, -1.0]
+    return [1.0] * len(node.inputs)
+
+
+@dataclass(frozen=True)
+class SplitMerge:
+    """z+-rule on a sum of split streams (Add, Sum, Sub): relevance is shared among the
+    non-negative contributions c_i = ±x_i in proportion to relu(c_i).
+
+    Constant inputs: a positive constant (a bias b+) takes its share, which is absorbed (and,
+    when `sink` is a list, appended to it as a [N] per-sample total); `absorb=False` gives
+    constants no share (everything is conserved). A negative constant (the -c of a capped
+    rectifier, max(z+ - 6, z-)) or a subtracted stream is no contribution, so relevance passes
+    whole to the non-negative terms.
+    """
+
+    absorb: bool = True
+    epsilon: float = NORM_EPS
+    sink: list | None = None
+
+    def __call__(self, bw: Backward, node: gs.Node, douts: list[Grad], needs: list[bool]):
+        em = bw.em
+        y, dy = node.outputs[0], douts[0]
+        signs = _merge_signs(node)
+        parts: list[gs.Tensor] = []
+        contribution: list[gs.Tensor | None] = []
+        constant_total = 0.0
+        constant_tensor = None
+        for x, sign in zip(node.inputs, signs, strict=True):
+            value = constant_value(x)
+            if value is not None:
+                share = np.maximum(sign * value, 0)
+                if self.absorb and np.any(share):
+                    if share.size == 1:
+                        constant_total += float(share.reshape(-1)[0])
+                    else:
+                        c = em.const(share.astype(bw.em.dtype), "bias")
+                        constant_tensor = (
+                            c if constant_tensor is None else em.add(constant_tensor, c)
+                        )
+                contribution.append(None)
+                continue
+            c = em.relu(x if sign > 0 else em.neg(x))
+            contribution.append(c)
+            parts.append(c)
+        if constant_total:
+            parts.append(bw.scalar(constant_total))
+        if constant_tensor is not None:
+            parts.append(constant_tensor)
+        den = parts[0] if len(parts) == 1 else em.one("Sum", parts)
+        ratio = em.one("Div", [dy, em.add(den, bw.scalar(self.epsilon))])
+        result: list[Grad] = []
+        for x, c, need in zip(node.inputs, contribution, needs, strict=True):
+            result.append(
+                bw.unbroadcast(em.mul(c, ratio), x, y) if need and c is not None else None
+            )
+        if self.sink is not None and (constant_total or constant_tensor is not None):
+            kept = [r for r in result if r is not None]
+            absorbed = em.sub(dy, kept[0] if len(kept) == 1 else em.one("Sum", kept))
+            self.sink.append(_per_sample_sum(bw, absorbed, y))
+        return result
+
+
+@dataclass(frozen=True)
+class SplitMaxProportional:
+    """Max of split streams: relevance shared among the branches in proportion to relu(x_i)
+    (the variant of the winner-takes-all gradient routing)."""
+
+    epsilon: float = NORM_EPS
+
+    def __call__(self, bw: Backward, node: gs.Node, douts: list[Grad], needs: list[bool]):
+        em = bw.em
+        y, dy = node.outputs[0], douts[0]
+        parts = [em.relu(x) for x in node.inputs]
+        den = parts[0] if len(parts) == 1 else em.one("Sum", parts)
+        ratio = em.one("Div", [dy, em.add(den, bw.scalar(self.epsilon))])
+        return [
+            bw.unbroadcast(em.mul(p, ratio), x, y) if need else None
+            for p, x, need in zip(parts, node.inputs, needs, strict=True)
+        ]
+
+
+def _per_sample_sum(bw: Backward, tensor: gs.Tensor, like: gs.Tensor) -> gs.Variable:
+    rank = len(like.shape) if like.shape is not None else None
+    if rank is None or rank < 2:
+        return bw.em.one("ReduceSum", [tensor], {"keepdims": 0})
+    return bw.reduce_sum(tensor, list(range(1, rank)), keepdims=False)
+
+
+def split_composite(*, maxout: str = "wta", absorb: bool = True, sink: list | None = None) -> dict:
+    """SplitLRP's rule table for the split graph (every weight and stream there is >= 0).
+
+    - Conv / MatMul / Gemm (W+ or W- on one stream, no bias), Mul / Div by a non-negative
+      constant, pools: the z-rule R_in = x * J^T (R / z), z = the node's output;
+    - Add / Sum / Sub: `SplitMerge` (bias shares absorbed unless absorb=False);
+    - Max (the maxout of a rectifier, and max pooling's DC rule): winner takes all (the
+      gradient routing, ties to the first input) or `maxout='proportional'`;
+    - everything else (Pad, Flatten, Reshape, Identity, MaxPool of the difference): the
+      ordinary adjoint. Re-centerings are identities (SubgraphAdjoint overrides).
+    """
+    if maxout not in ("wta", "proportional"):
+        raise ValueError(f"maxout must be 'wta' or 'proportional', not {maxout!r}")
+    norm = Epsilon(NORM_EPS)
+    table: dict = {op: norm for op in WEIGHT_OPS + POOL_OPS + ("Mul", "Div")}
+    merge = SplitMerge(absorb=absorb, sink=sink)
+    table.update({op: merge for op in MERGE_OPS})
+    if maxout == "proportional":
+        table["Max"] = SplitMaxProportional()
+    return table
+
+
+# ------------------------------------------------------------------------------------------
+# the same relevance, propagated as a ratio (the fast form SplitLRP compiles)
+# ------------------------------------------------------------------------------------------
+TINY = 1e-30
+
+
+def safe_ratio(bw: Backward, num: gs.Tensor, den: gs.Tensor) -> gs.Variable:
+    """relu(num) / max(den, TINY): the factor out/in of a node that passes relevance whole."""
+    em = bw.em
+    return em.one("Div", [em.relu(num), em.max(den, bw.scalar(TINY))])
+
+
+@dataclass(frozen=True)
+class RatioMerge:
+    """Add / Sum / Sub in the ratio form s = R / value of split relevance.
+
+    With non-negative streams x_i and contributions c_i = ±x_i or a constant, the z+-rule
+    R_i = relu(c_i) R_y / D (D = sum of the positive contributions; constants count when
+    `absorb`) reads s_i = s_y * y / D. For a plain sum of streams and non-negative constants
+    y = D: the ordinary gradient. A subtracted stream gets nothing; a negative constant (the -6
+    of ReLU6's cap) passes relevance whole. `sink` collects the absorbed relevance per sample.
+    """
+
+    absorb: bool = True
+    sink: list | None = None
+
+    def __call__(self, bw: Backward, node: gs.Node, douts: list[Grad], needs: list[bool]):
+        em = bw.em
+        y, dy = node.outputs[0], douts[0]
+        signs = _merge_signs(node)
+        streams, constants = [], []
+        for x, sign in zip(node.inputs, signs, strict=True):
+            value = constant_value(x)
+            if value is None:
+                streams.append((x, sign))
+            else:
+                constants.append(sign * np.asarray(value, np.float64))
+        plain = all(sign > 0 for _, sign in streams) and all(np.all(c >= 0) for c in constants)
+        if plain and (self.absorb or not any(np.any(c) for c in constants)):
+            scaled = dy
+        else:
+            parts = [x for x, sign in streams if sign > 0]
+            if self.absorb:
+                pos = sum((np.maximum(c, 0) for c in constants), np.zeros(()))
+                if np.any(pos):
+                    parts.append(em.const(pos.astype(em.dtype), "bias"))
+            den = parts[0] if len(parts) == 1 else em.one("Sum", parts)
+            scaled = em.mul(dy, safe_ratio(bw, y, den))
+        result: list[Grad] = []
+        for x, sign in zip(node.inputs, signs, strict=True):
+            need = needs[len(result)]
+            if not need or constant_value(x) is not None or sign < 0:
+                result.append(None)
+            else:
+                result.append(bw.unbroadcast(scaled, x, y))
+        if self.sink is not None and constants:
+            kept = [em.mul(x, r) for x, r in zip(node.inputs, result, strict=True) if r is not None]
+            total = em.mul(y, dy)
+            if kept:
+                total = em.sub(total, _sum_to(bw, kept, y))
+            self.sink.append(_per_sample_sum(bw, total, y))
+        return result
+
+
+def _sum_to(bw: Backward, tensors: list[gs.Tensor], like: gs.Tensor) -> gs.Tensor:
+    """Sum tensors that may be broadcast against `like` (each reduced per sample later)."""
+    em = bw.em
+    return tensors[0] if len(tensors) == 1 else em.one("Sum", tensors)
+
+
+@dataclass(frozen=True)
+class RatioMaxProportional:
+    """Max in the ratio form with proportional sharing: s_i = s_y * y / sum_j relu(x_j)."""
+
+    def __call__(self, bw: Backward, node: gs.Node, douts: list[Grad], needs: list[bool]):
+        em = bw.em
+        y, dy = node.outputs[0], douts[0]
+        parts = [em.relu(x) for x in node.inputs]
+        den = parts[0] if len(parts) == 1 else em.one("Sum", parts)
+        scaled = em.mul(dy, safe_ratio(bw, y, den))
+        return [
+            bw.unbroadcast(scaled, x, y) if need else None
+            for x, need in zip(node.inputs, needs, strict=True)
+        ]
+
+
+def split_ratio_rules(
+    *, maxout: str = "wta", absorb: bool = True, sink: list | None = None
+) -> dict:
+    """SplitLRP's rules in the ratio form s = R / value (see `split_composite` for the
+    relevance form they equal): through every non-negative linear node the z-rule is the
+    ordinary gradient of s, so only merges with constants or subtractions (`RatioMerge`) and,
+    for maxout='proportional', Max need their own rule; the re-centerings are scaled identities
+    (`recentering_ratio`). Relevance is read off as value * s."""
+    if maxout not in ("wta", "proportional"):
+        raise ValueError(f"maxout must be 'wta' or 'proportional', not {maxout!r}")
+    merge = RatioMerge(absorb=absorb, sink=sink)
+    table: dict = {op: merge for op in MERGE_OPS}
+    if maxout == "proportional":
+        table["Max"] = RatioMaxProportional()
+    return table

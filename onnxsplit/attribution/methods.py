@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxsplit.attribution import lrp
-from onnxsplit.attribution.autodiff import differentiate
+from onnxsplit.attribution.autodiff import Backward, SubgraphAdjoint, differentiate
 from onnxsplit.attribution.splitgraph import MergedSplit, merge_split_graph
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
@@ -144,10 +144,13 @@ class AttributionContext:
             raise OnnxSplitError(f"the model has no tensor '{self._target_layer}'")
         return self._target_layer
 
-    def request_split(self, layer: str, mode: str = "normalized") -> None:
+    def request_split(self, layer: str | None, mode: str = "normalized") -> None:
+        """Ask for the split graph of `mode`, exposing the streams at `layer` (None: none)."""
         if self.onehot is not None:
             raise RuntimeError("split graphs must be requested before the graph is extended")
-        self._split_requests.setdefault(mode, set()).add(layer)
+        layers = self._split_requests.setdefault(mode, set())
+        if layer is not None:
+            layers.add(layer)
 
     def build_splits(self) -> None:
         for mode, layers in self._split_requests.items():
@@ -422,19 +425,40 @@ class LRPEpsilonPlus(LRPMethod):
 
 
 class SplitCAM(AttributionMethod):
-    """SplitCAM on the split graph: P = sum_c dg_k/dA+ A+ + dg_k/dA- A-, N likewise with h_k.
+    """SplitCAM on the split graph: P = sum_c e_g(A+) A+ + e_g(A-) A-, N likewise with h_k.
 
-    Outputs map_splitcam = P - N (= gradient x activation summed over channels, signed),
-    map_splitcam_pos = P and map_splitcam_neg = N (both >= 0), upsampled to the input size.
-    A+ and A- are the re-centered streams at the target layer (mode 'normalized'); the
-    re-centering nodes are an identity in the backward pass.
+    e = the sensitivity of the stream's logit (evidence='gradient': dg_k/dA, re-centerings an
+    identity in the backward pass; P - N = gradient x activation) or the split relevance per
+    unit activation (evidence='relevance': the ratio s = R / A of SplitLRP, so P = sum_c R_g at
+    the layer, N = sum_c R_h, both conservative shares of g_k and h_k).
+    Outputs map_splitcam = P - lam N (combine='diff'), P (combine='pos') or relu(P - lam N)
+    (combine='relu_diff'), map_splitcam_pos = P and map_splitcam_neg = N (both >= 0),
+    upsampled to the input size. A+ and A- are the streams at the target layer (re-centered
+    where the stabilizer re-centers: after a rectifier they are (relu(A), relu(-A))).
     """
 
     name = "splitcam"
 
-    def __init__(self, target_layer: str | None = None, mode: str = "normalized"):
+    def __init__(
+        self,
+        target_layer: str | None = None,
+        mode: str = "normalized",
+        evidence: str = "gradient",
+        combine: str = "diff",
+        lam: float = 1.0,
+        name: str | None = None,
+    ):
+        if evidence not in ("gradient", "relevance"):
+            raise ValueError(f"evidence must be 'gradient' or 'relevance', not {evidence!r}")
+        if combine not in ("diff", "pos", "relu_diff"):
+            raise ValueError(f"combine must be 'diff', 'pos' or 'relu_diff', not {combine!r}")
         self.target_layer = target_layer
         self.mode = mode
+        self.evidence = evidence
+        self.combine = combine
+        self.lam = float(lam)
+        if name is not None:
+            self.name = name
 
     def layer(self, ctx: AttributionContext) -> str:
         return self.target_layer or ctx.target_layer
@@ -445,12 +469,17 @@ class SplitCAM(AttributionMethod):
     def build(self, ctx):
         split = ctx.split(self.mode)
         pos, neg = split.streams[self.layer(ctx)]
+        overrides = (
+            split.overrides() if self.evidence == "gradient" else ratio_overrides(ctx, split)
+        )
+        rules = None if self.evidence == "gradient" else lrp.split_ratio_rules()
         evidence = []
         for label, stream in (("g", split.g), ("h", split.h)):
             grads = ctx.backward(
                 {stream.name: ctx.onehot},
                 [pos.name, neg.name],
-                overrides=split.overrides(),
+                overrides=overrides,
+                rules=rules,
                 scope=f"{self.name}_{label}",
             )
             em = ctx.em
@@ -460,12 +489,225 @@ class SplitCAM(AttributionMethod):
                 terms = [em.mul(pos, ctx.scalar(0.0))]
             evidence.append(_sum_channels(ctx, em.total(terms)))
         positive, negative = evidence
-        difference = ctx.em.sub(positive, negative)
+        em = ctx.em
+        scaled = negative if self.lam == 1.0 else em.mul(negative, ctx.scalar(self.lam))
+        if self.combine == "pos":
+            combined = positive
+        elif self.combine == "relu_diff":
+            combined = em.relu(em.sub(positive, scaled))
+        else:
+            combined = em.sub(positive, scaled)
         return {
-            f"map_{self.name}": ctx.upsample(difference),
+            f"map_{self.name}": ctx.upsample(combined),
             f"map_{self.name}_pos": ctx.upsample(positive),
             f"map_{self.name}_neg": ctx.upsample(negative),
         }
+
+
+def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[SubgraphAdjoint]:
+    """Re-centerings in SplitLRP's ratio form: s_in = s_out * out / in per stream (relevance
+    passes unchanged). The factors are built once per split graph and shared by every pass."""
+    if split.ratio_overrides is not None:
+        return split.ratio_overrides
+    bw = Backward(ctx.graph, ctx.em, ctx.opset)
+    scope, ctx.em.scope = ctx.em.scope, "split_relevance/recenter"
+    result = []
+    for r in split.recenterings:
+        factors = (lrp.safe_ratio(bw, r.pos_out, r.pos_in), lrp.safe_ratio(bw, r.neg_out, r.neg_in))
+        result.append(
+            SubgraphAdjoint(
+                (r.pos_in.name, r.neg_in.name),
+                (r.pos_out.name, r.neg_out.name),
+                _scaled_identity(factors),
+            )
+        )
+    ctx.em.scope = scope
+    split.ratio_overrides = result
+    return result
+
+
+class SplitLRP(AttributionMethod):
+    """SplitLRP: layer-wise relevance on the split graph, R_g and R_h kept separate.
+
+    R_g starts as g_k on the g-stream logit (R_h: h_k on the h-stream); at every affine layer
+    the relevance of each output stream is shared among its non-negative contributions
+    (W+ a+, W- a-, b+: the z-rule; the bias share is absorbed), the maxout of each rectifier
+    gives it whole to the branch that won (or in proportion, maxout='proportional'), residual
+    sums and pools share it in proportion, re-centerings pass it unchanged. Compiled in the
+    ratio form s = R / value (lrp.split_ratio_rules: an ordinary backward pass except at
+    re-centerings and merges with constants), R = value * s at the input streams x+, x-.
+
+    Outputs map_splitlrp = sum over channels and over (x+, x-) of R_g - lam * R_h,
+    map_splitlrp_g and map_splitlrp_h (both >= 0). `diagnostics=True` adds
+    splitlrp_absorbed_g / _h [N]: the relevance the biases absorbed (sum R_g + absorbed = g_k).
+    `form='relevance'` compiles the slower relevance form (lrp.split_composite; same maps).
+    """
+
+    name = "splitlrp"
+
+    def __init__(
+        self,
+        lam: float = 1.0,
+        maxout: str = "wta",
+        absorb: bool = True,
+        mode: str = "normalized",
+        name: str | None = None,
+        diagnostics: bool = False,
+        form: str = "ratio",
+        contrast: bool = False,
+    ):
+        if form not in ("ratio", "relevance"):
+            raise ValueError(f"form must be 'ratio' or 'relevance', not {form!r}")
+        self.lam = float(lam)
+        self.maxout = maxout
+        self.absorb = absorb
+        self.mode = mode
+        self.diagnostics = diagnostics
+        self.form = form
+        self.contrast = contrast
+        if name is not None:
+            self.name = name
+
+    def prepare(self, ctx):
+        ctx.request_split(None, self.mode)
+
+    def _other_classes(self, ctx) -> gs.Tensor:
+        """Softmax weights of the other classes, normalized to sum 1 per sample [N, K]."""
+        em = ctx.em
+        em.scope = f"{self.name}_contrast"
+        prob = em.one("Softmax", [ctx.logits], {"axis": 1})
+        others = em.mul(prob, em.sub(ctx.scalar(1.0), ctx.onehot))
+        total = em.one("ReduceSum", [others, ctx._i64([1])], {"keepdims": 1})
+        return em.one("Div", [others, em.max(total, ctx.scalar(1e-30))])
+
+    def _overrides(self, ctx, split) -> list[SubgraphAdjoint]:
+        return split.overrides() if self.form == "relevance" else ratio_overrides(ctx, split)
+
+    def relevance(self, ctx, split, stream, label, overrides, weights=None):
+        """Input relevance ([N, C, H, W], x+ and x- parts added) of one stream's logit (of
+        the stream's logits weighted by `weights` [N, K] when given)."""
+        em = ctx.em
+        em.scope = f"{self.name}_{label}"
+        sink: list | None = [] if self.diagnostics else None
+        kwargs = {"maxout": self.maxout, "absorb": self.absorb, "sink": sink}
+        weights = ctx.onehot if weights is None else weights
+        if self.form == "ratio":
+            seed, rules = weights, lrp.split_ratio_rules(**kwargs)
+        else:
+            seed, rules = em.mul(weights, stream), lrp.split_composite(**kwargs)
+        inputs = (split.x_pos, split.x_neg)
+        grads = ctx.backward(
+            {stream.name: seed},
+            [t.name for t in inputs],
+            overrides=overrides,
+            rules=rules,
+            scope=f"{self.name}_{label}",
+        )
+        em.scope = self.name
+        parts = []
+        for t in inputs:
+            g = grads[t.name]
+            if g is not None:
+                parts.append(em.mul(t, g) if self.form == "ratio" else g)
+        total = em.total(parts) if parts else em.mul(ctx.data, ctx.scalar(0.0))
+        absorbed = None
+        if sink is not None:
+            zero = em.one(
+                "ReduceSum", [em.mul(ctx.onehot, ctx.scalar(0.0)), ctx._i64([1])], {"keepdims": 0}
+            )
+            absorbed = em.total(sink) if sink else zero
+        return total, absorbed
+
+    def build(self, ctx):
+        split = ctx.split(self.mode)
+        if split.x_pos is None or split.x_neg is None:
+            raise OnnxSplitError("the split graph has no input streams x_pos / x_neg")
+        overrides = self._overrides(ctx, split)
+        r_g, abs_g = self.relevance(ctx, split, split.g, "g", overrides)
+        r_h, abs_h = self.relevance(ctx, split, split.h, "h", overrides)
+        em = ctx.em
+        em.scope = self.name
+        map_g, map_h = ctx.channel_sum(r_g), ctx.channel_sum(r_h)
+        weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
+        out = {
+            f"map_{self.name}": em.sub(map_g, weighted),
+            f"map_{self.name}_g": map_g,
+            f"map_{self.name}_h": map_h,
+        }
+        if self.contrast:  # R_g of the other classes' g-streams (softmax-weighted)
+            r_c, _ = self.relevance(ctx, split, split.g, "c", overrides, self._other_classes(ctx))
+            out[f"map_{self.name}_c"] = ctx.channel_sum(r_c)
+            em.scope = self.name
+        if self.diagnostics:
+            out[f"{self.name}_absorbed_g"] = abs_g
+            out[f"{self.name}_absorbed_h"] = abs_h
+            for label, stream in (("g", split.g), ("h", split.h)):
+                picked = em.mul(ctx.onehot, stream)
+                out[f"{self.name}_logit_{label}"] = em.one(
+                    "ReduceSum", [picked, ctx._i64([1])], {"keepdims": 0}
+                )
+        return out
+
+
+class SplitGrad(SplitLRP):
+    """SplitGrad: the sensitivities of g_k and h_k to the input in SplitLRP's ratio form.
+
+    s_g(x+) = R_g(x+) / x+ and s_g(x-) = R_g(x-) / x- are the gradients of g_k with respect to
+    the input streams of the split network in which every re-centering (p, q) -> (p - m, q - m)
+    is frozen as the scaling p -> p * (p - m) / p (instead of the shift by a constant m, whose
+    exact sensitivities grow like prod |W| and overflow float32 on deep networks): non-negative
+    (every coefficient of that network is), bounded, and SplitGrad x input = SplitLRP.
+    As a function of x (x+ = relu(x), x- = relu(-x)): dg/dx = [x > 0] s_g(x+) - [x < 0] s_g(x-).
+    Outputs map_splitgrad = sum_c dg/dx - lam dh/dx, map_splitgrad_g, map_splitgrad_h.
+    """
+
+    name = "splitgrad"
+
+    def build(self, ctx):
+        split = ctx.split(self.mode)
+        if split.x_pos is None or split.x_neg is None:
+            raise OnnxSplitError("the split graph has no input streams x_pos / x_neg")
+        overrides = self._overrides(ctx, split)
+        em = ctx.em
+        maps = []
+        for label, stream in (("g", split.g), ("h", split.h)):
+            em.scope = f"{self.name}_{label}"
+            rules = lrp.split_ratio_rules(maxout=self.maxout, absorb=self.absorb)
+            inputs = (split.x_pos, split.x_neg)
+            grads = ctx.backward(
+                {stream.name: ctx.onehot},
+                [t.name for t in inputs],
+                overrides=overrides,
+                rules=rules,
+                scope=f"{self.name}_{label}",
+            )
+            em.scope = self.name
+            zero = ctx.scalar(0.0)
+            parts = []
+            if grads[split.x_pos.name] is not None:
+                above = em.one("Greater", [ctx.data, zero])
+                parts.append(em.one("Where", [above, grads[split.x_pos.name], zero]))
+            if grads[split.x_neg.name] is not None:
+                below = em.one("Less", [ctx.data, zero])
+                parts.append(em.neg(em.one("Where", [below, grads[split.x_neg.name], zero])))
+            total = em.total(parts) if parts else em.mul(ctx.data, zero)
+            maps.append(ctx.channel_sum(total))
+        map_g, map_h = maps
+        weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
+        return {
+            f"map_{self.name}": em.sub(map_g, weighted),
+            f"map_{self.name}_g": map_g,
+            f"map_{self.name}_h": map_h,
+        }
+
+
+def _scaled_identity(factors):
+    """Adjoint of a re-centering in the ratio form: s_in = s_out * out / in, per stream."""
+
+    def fn(bw, douts):
+        return [None if d is None else bw.em.mul(d, f) for d, f in zip(douts, factors, strict=True)]
+
+    return fn
 
 
 METHODS: dict[str, type[AttributionMethod]] = {
@@ -479,6 +721,8 @@ METHODS: dict[str, type[AttributionMethod]] = {
         LRPZPlus,
         LRPEpsilonPlus,
         SplitCAM,
+        SplitLRP,
+        SplitGrad,
     )
 }
 

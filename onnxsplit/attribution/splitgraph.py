@@ -1,5 +1,5 @@
 """The split graph inside an attribution model: merge it beside the original graph, find its
-re-centering nodes, and read off the two streams at a target layer.
+re-centering nodes (SplitGraph.recentered), and read off the two streams at a target layer.
 
 The `normalized` stabilizer re-centers a pair (p, q) as d = Sub(p, q), (Relu(d), Relu(Neg(d))).
 In the backward pass the removed common part min(p, q) is a constant, so the adjoint of the
@@ -18,10 +18,24 @@ import onnx_graphsurgeon as gs
 from onnxsplit.attribution.autodiff import SubgraphAdjoint
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.split.driver import split_graph
-from onnxsplit.stabilize import get_stabilizer
+from onnxsplit.split.driver import X_NEG, X_POS, split_graph
+from onnxsplit.split.registry import Kind
+from onnxsplit.stabilize import Stabilizer, get_stabilizer
 
 PREFIX = "split/"
+
+
+# Attribution-only stabilizers beside onnxsplit.stabilize's modes: "every-layer" re-centers
+# after every layer (affine ones too) except the last, as the prototype of FINDINGS.md did.
+EXTRA_MODES = {
+    "every-layer": Stabilizer(
+        "every-layer", frozenset({Kind.AFFINE, Kind.RECTIFIER, Kind.MERGE, Kind.LINEAR})
+    ),
+}
+
+
+def stabilizer_for(mode: str) -> Stabilizer:
+    return EXTRA_MODES[mode] if mode in EXTRA_MODES else get_stabilizer(mode)
 
 
 @dataclass(frozen=True)
@@ -45,8 +59,11 @@ class MergedSplit:
 
     g: gs.Tensor
     h: gs.Tensor
+    x_pos: gs.Tensor | None = None  # relu(x), the input's positive stream
+    x_neg: gs.Tensor | None = None  # relu(-x)
     streams: dict[str, tuple[gs.Tensor, gs.Tensor]] = field(default_factory=dict)
     recenterings: list[Recentering] = field(default_factory=list)
+    ratio_overrides: list | None = None  # SplitLRP's re-centering adjoints, built once
 
     def overrides(self) -> list[SubgraphAdjoint]:
         return [r.override() for r in self.recenterings]
@@ -101,7 +118,7 @@ def merge_split_graph(
     """
     split = split_graph(
         canonical,
-        get_stabilizer(mode),
+        stabilizer_for(mode),
         input_name=data.name,
         output_name=logits.name,
         expose=tuple(layers),
@@ -118,9 +135,22 @@ def merge_split_graph(
             if tensor is source_input:
                 node.inputs[i] = data
     graph.nodes.extend(sg.nodes)
-    recenterings = find_recenterings(sg.nodes)
+    tensors = sg.tensors()
+    recenterings = [
+        Recentering(*(tensors[PREFIX + n] for n in names))
+        for names in split.recentered
+        if all(PREFIX + n in tensors for n in names)
+    ]
+    if len(recenterings) != len(split.recentered):  # a name lost: fall back to the structure
+        recenterings = find_recenterings(sg.nodes)
     by_input = {(r.pos_in.name, r.neg_in.name): r for r in recenterings}
-    merged = MergedSplit(outputs["g"], outputs["h"], recenterings=recenterings)
+    merged = MergedSplit(
+        outputs["g"],
+        outputs["h"],
+        tensors.get(PREFIX + X_POS),
+        tensors.get(PREFIX + X_NEG),
+        recenterings=recenterings,
+    )
     for layer in layers:
         if layer not in split.exposed:
             raise OnnxSplitError(f"the split graph did not expose '{layer}'")

