@@ -70,7 +70,12 @@ def check_destination(path: Path, force: bool, *, protected: tuple[Path, ...] = 
 
 def write_atomic(data: bytes, path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: never a partial file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as exc:
+        raise OnnxSplitError(f"could not write '{path}': {exc.strerror or exc}") from None
     try:
         os.fchmod(handle, _default_mode(path))
         with os.fdopen(handle, "wb") as stream:
@@ -78,6 +83,9 @@ def write_atomic(data: bytes, path: Path) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise OnnxSplitError(f"could not write '{path}': {exc.strerror or exc}") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -135,12 +135,6 @@ def test_dangling_tensor_next_to_an_activation_is_refused(tmp_path):
     assert files_under(tmp_path) == ["dangling_add.onnx"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dangling node input (no producer, initializer or graph input) as a "
-    "Reshape shape raises KeyError in split/driver._value_inputs; the CLI exits 1 with a "
-    "traceback instead of an error naming the tensor",
-)
 def test_dangling_shape_input_is_one_clear_error_bug(tmp_path):
     path = tmp_path / "dangling_reshape.onnx"
     onnx.save(dangling_reshape_model(), str(path))
@@ -172,12 +166,6 @@ def test_image_above_the_pixel_limit(tmp_path):
     assert files_under(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: above 2x PIL's MAX_IMAGE_PIXELS (~179M) Image.open raises "
-    "DecompressionBombError before explain.inputs.load_image checks MAX_PIXELS; it is not "
-    "caught (not an OSError) and the CLI exits 1 with a traceback",
-)
 def test_image_far_above_the_pixel_limit_bug(tmp_path):
     image = png_header(tmp_path / "bomb.png", 20000, 20000)
     result, out = explain_digits(tmp_path, image)
@@ -243,12 +231,6 @@ def test_float64_array_is_accepted(tmp_path):
     assert "doubles_0_gradient.npy" in files_under(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an empty .npy batch [0, 1, 8, 8] reaches np.stack([]) in "
-    "explain.runner.explain: ValueError 'need at least one array to stack', exit 1 with a "
-    "traceback",
-)
 def test_empty_array_batch_bug(tmp_path):
     path = tmp_path / "nothing.npy"
     np.save(path, np.zeros((0, 1, 8, 8), np.float32))
@@ -257,11 +239,6 @@ def test_empty_array_batch_bug(tmp_path):
     assert files_under(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: explain takes .npy inputs holding NaN/Inf, reports 'logit nan' and writes "
-    "maps and a summary with exit 0; only non-finite maps are refused",
-)
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_array_bug(value, tmp_path):
     path = tmp_path / "bad_values.npy"
@@ -274,11 +251,6 @@ def test_non_finite_array_bug(value, tmp_path):
 
 
 # -- output folders that cannot be written --------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: explain.runner.explain calls out_dir.mkdir unguarded: an --out that cannot "
-    "be created (EPERM under /sys, even for root) ends in a raw PermissionError, exit 1",
-)
 def test_explain_into_an_uncreatable_folder_bug(tmp_path):
     if not Path("/sys").is_dir():
         pytest.skip("needs /sys (not writable, even for root)")
@@ -308,11 +280,6 @@ def test_explain_into_a_folder_refusing_entries_writes_nothing(tmp_path, monkeyp
     assert result.exit_code != 0 and files_under(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: explain.runner.explain: tempfile.mkdtemp(dir=out) failing with "
-    "PermissionError (a folder without write permission, as a user) escapes as a traceback",
-)
 def test_explain_into_a_folder_refusing_entries_is_one_clear_error_bug(tmp_path, monkeypatch):
     np.save(tmp_path / "one.npy", np.load(DIGITS)[:1])
     out = tmp_path / "out"
@@ -351,11 +318,6 @@ def test_convert_when_the_write_fails_leaves_nothing(error, tmp_path, monkeypatc
     assert files_under(tmp_path) == ["model.onnx"]  # the temporary file was removed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: emit.write_atomic re-raises the OSError of a failed write (disk full, "
-    "read-only file system); the CLI only catches OnnxSplitError: exit 1 with a traceback",
-)
 @WRITE_ERRORS
 def test_convert_when_the_write_fails_is_one_clear_error_bug(error, tmp_path, monkeypatch):
     model = tmp_path / "model.onnx"

@@ -47,6 +47,8 @@ def collect(paths: list[Path]) -> list[Path]:
 
 def load_image(path: Path) -> np.ndarray:
     """Any readable image as RGB uint8: gray and 16-bit are scaled, alpha is dropped."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below names the size; opening reads the header
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
@@ -65,6 +67,8 @@ def load_image(path: Path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise OnnxSplitError(f"cannot read image '{path}': {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -74,7 +78,12 @@ def load_array(path: Path) -> np.ndarray:
         raise OnnxSplitError(f"cannot read array '{path}': {exc}") from None
     if array.dtype.kind not in "fiu":
         raise OnnxSplitError(f"array '{path}' has dtype {array.dtype}; a numeric array is needed")
-    return array.astype(np.float32)
+    if array.size == 0:
+        raise OnnxSplitError(f"array '{path}' is empty (shape {list(array.shape)})")
+    array = array.astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise OnnxSplitError(f"array '{path}' contains NaN or infinite values")
+    return array
 
 
 def iterate(paths: list[Path]) -> Iterator[Item]:

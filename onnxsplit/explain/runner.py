@@ -120,8 +120,13 @@ def explain(
     layout: InputLayout = input_layout(list(data_input.shape))
     sample_shape = layout.batch_shape(1)[1:]
     map_name = f"map_{method}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".onnxsplit-explain-", dir=out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".onnxsplit-explain-", dir=out_dir))
+    except OSError as exc:
+        raise OnnxSplitError(
+            f"cannot write into output folder '{out_dir}': {exc.strerror or exc}"
+        ) from None
     rows: list[dict] = []
     used: set[str] = set()
     names: list[str] | None = None

@@ -162,6 +162,7 @@ def split_graph(
     source = canonical.graph
     data_input = choose_input(canonical, input_name)
     output = choose_output(canonical, output_name)
+    _check_dangling_inputs(source)
     _check_other_inputs_unused(source, data_input)
     check_graph(source, data_input)
     known = {t.name for n in source.nodes for t in n.outputs}
@@ -226,6 +227,18 @@ def split_graph(
     graph.outputs = [logits, g, h, *exposed_outputs]
     graph.cleanup().toposort()
     return result
+
+
+def _check_dangling_inputs(graph: gs.Graph) -> None:
+    """A node input that nothing produces (no node, initializer or graph input)."""
+    produced = {t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if tensor.name and not isinstance(tensor, gs.Constant) and tensor.name not in produced:
+                raise OnnxSplitError(
+                    f"node '{node.name}' (op {node.op}) reads tensor '{tensor.name}', which no "
+                    "node, initializer or graph input provides: the model is incomplete"
+                )
 
 
 def _check_other_inputs_unused(graph: gs.Graph, data_input: gs.Variable) -> None:
