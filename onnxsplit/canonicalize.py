@@ -71,6 +71,9 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     folded = _fold_batchnorm_into_conv(graph)
     removed = _remove_trailing_normalizers(graph)
     graph = _reinfer_shapes(graph.cleanup().toposort(), model)
+    # shapes known now (e.g. TF-"SAME" pads computed from Shape(activation)) fold in a second pass
+    graph.fold_constants(error_ok=True).cleanup().toposort()
+    graph = _reinfer_shapes(graph, model)
     return Canonical(
         graph=graph,
         opset=opset,
@@ -175,4 +178,25 @@ def _remove_trailing_normalizers(graph: gs.Graph) -> list[str]:
             graph.outputs[index] = logits
             node.outputs = []
             removed.append(f"{node.name or node.op} ({node.op})")
+        elif _is_wrapped_softmax(output):
+            # opset < 13 Softmax on rank > 2, as version_converter rewrites it:
+            # Reshape(Softmax(Flatten(x)), Shape(x)) -> x
+            reshape = producers[0]
+            softmax = reshape.inputs[0].inputs[0]
+            flatten = softmax.inputs[0].inputs[0]
+            graph.outputs[index] = flatten.inputs[0]
+            reshape.outputs = []
+            removed.append(f"{softmax.name or softmax.op} ({softmax.op}, opset < 13 form)")
     return removed
+
+
+def _is_wrapped_softmax(output: gs.Tensor) -> bool:
+    try:
+        reshape = output.inputs[0]
+        softmax = reshape.inputs[0].inputs[0]
+        flatten = softmax.inputs[0].inputs[0]
+    except (IndexError, AttributeError):
+        return False
+    return (
+        reshape.op == "Reshape" and softmax.op in TRAILING_NORMALIZERS and flatten.op == "Flatten"
+    )
