@@ -243,3 +243,18 @@ def test_corrupted_cache_entry_is_rebuilt(efficientnet, photos, tmp_path) -> Non
     result = run(*args, "--out", tmp_path / "b")
     assert result.exit_code == 0 and "(compiled now)" in result.output
     onnx.checker.check_model(onnx.load(next((cache_root() / "compiled").glob("*layercam*"))))
+
+
+def test_trained_dc_model_explains_itself_without_conversion(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from onnxsplit.train.trainer import train
+
+    model = tmp_path / "dc.onnx"
+    train(arch="mlp", epochs=2, out=model, kind="dc", seed=0)
+    np.save(tmp_path / "d.npy", np.load(SAMPLES / "digits_test_inputs.npy")[:2])
+    result = run("explain", model, tmp_path / "d.npy", "--method", "self", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "o" / "d_0_self.npy").shape == (8, 8)
+    refused = run("explain", model, tmp_path / "d.npy", "--method", "gradcam", "--out",
+                  tmp_path / "p")
+    _assert_refused(refused, tmp_path / "p", "explains itself with", "self_g")

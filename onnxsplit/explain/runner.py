@@ -55,12 +55,33 @@ def attribution_model(model_path: Path, method: str, target_layer: str | None) -
         except Exception:
             pass  # a corrupted cache entry is rebuilt below
         cached.unlink(missing_ok=True)
-    from onnxsplit.attribution.attach import attach_methods
+    from onnxsplit.train.explain import explain_trained, is_trained_dc
 
-    compiled = attach_methods(model, [method], target_layer)
+    if is_trained_dc(model):  # a self-explaining DC model: maps of its own g and h branches
+        compiled = explain_trained(model)
+        available = [o.name.removeprefix("map_") for o in compiled.graph.output[1:]]
+        if method not in available:
+            raise OnnxSplitError(
+                f"'{model_path}' is a trained difference-of-monotone model; it explains itself "
+                f"with: {', '.join(available)}"
+            )
+        _stamp_methods(compiled, available)
+    else:
+        from onnxsplit.attribution.attach import attach_methods
+
+        compiled = attach_methods(model, [method], target_layer)
     cached.parent.mkdir(parents=True, exist_ok=True)
     save_model(compiled, cached)
     return cached, False
+
+
+def _stamp_methods(model: onnx.ModelProto, methods: list[str]) -> None:
+    for entry in model.metadata_props:
+        if entry.key == "onnxsplit.attribution.methods":
+            entry.value = json.dumps(methods)
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "onnxsplit.attribution.methods", json.dumps(methods)
 
 
 @dataclass

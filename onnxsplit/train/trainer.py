@@ -270,8 +270,6 @@ def train(
     if out_path is not None:
         save_model(result.onnx, out_path)
         result.out = out_path
-    if progress is not None:
-        progress(result.summary())
     return result
 
 
