@@ -30,7 +30,7 @@ from onnx.reference import ReferenceEvaluator
 from onnxsplit.attribution import attach_methods, differentiate
 from onnxsplit.attribution.attach import raise_opset
 from onnxsplit.attribution.autodiff import UnsupportedBackwardError
-from onnxsplit.attribution.methods import LRP, CAMMethod, SplitCAM
+from onnxsplit.attribution.methods import LRP, CAMMethod
 from onnxsplit.canonicalize import canonicalize
 from onnxsplit.emit import to_model
 
@@ -47,9 +47,7 @@ ALL = [
     "lrp_epsilon",
     "lrp_zplus",
     "lrp_epsilon_plus",
-    # the gradient form with lam = 1, whose identities (P - N = gradient x activation, P =
-    # LayerCAM) these tests check; the default SplitCAM is in tests/test_split_methods.py
-    SplitCAM(evidence="gradient", lam=1.0),
+    "splitcam",
 ]
 TARGETS = np.array([-1, 3, -1, 0], np.int64)
 
@@ -498,7 +496,7 @@ def test_cams_match_torch_at_a_chosen_layer(name):
 def test_splitcam_identities(name):
     """P, N >= 0; P - N = gradient x activation; with a pooling + linear head P = LayerCAM."""
     model = _sample(name)
-    methods = [SplitCAM(evidence="gradient", lam=1.0), "layercam", GradientTimesActivation()]
+    methods = ["splitcam", "layercam", GradientTimesActivation()]
     out = _run(attach_methods(model, methods), _digits(), TARGETS)
     pos, neg = out["map_splitcam_pos"], out["map_splitcam_neg"]
     assert pos.min() >= -1e-6 * pos.max() and neg.min() >= -1e-6 * neg.max()
