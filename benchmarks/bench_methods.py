@@ -52,16 +52,24 @@ def main() -> None:
     candidates: dict[str, tuple[object, dict]] = {}
     split = convert_model(model).model
     candidates["split forward (logits, g, h)"] = (
-        make_session(split.SerializeToString(), args.device, args.threads), {})
+        make_session(split.SerializeToString(), args.device, args.threads),
+        {},
+    )
     for method in args.methods.split(","):
         compiled = attach_methods(model, [method])
-        candidates[method] = (make_session(compiled.SerializeToString(), args.device,
-                                           args.threads), {"target": None})
+        candidates[method] = (
+            make_session(compiled.SerializeToString(), args.device, args.threads),
+            {"target": None},
+        )
 
-    print(f"model: {args.model}   provider: {provider_used(plain)}   "
-          f"threads: {args.threads or 'default'}   best of {args.repeats}")
-    print("| method | ms/img, batch 1 | ms/img, batch 16 | images/s (16) | "
-          "× forward (1) | × forward (16) |")
+    print(
+        f"model: {args.model}   provider: {provider_used(plain)}   "
+        f"threads: {args.threads or 'default'}   best of {args.repeats}"
+    )
+    print(
+        "| method | ms/img, batch 1 | ms/img, batch 16 | images/s (16) | "
+        "× forward (1) | × forward (16) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, (session, extra) in candidates.items():
         row = []

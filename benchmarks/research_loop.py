@@ -152,11 +152,15 @@ def method_specs() -> dict[str, Spec]:
         ),
         Spec(
             "split",
-            lambda: [M.SplitLRP(), M.SplitGrad(), M.SplitCAM()],
+            lambda: [
+                M.SplitLRP(lam=1.0),
+                M.SplitGrad(lam=1.0),
+                M.SplitCAM(evidence="gradient", combine="diff", lam=1.0),
+            ],
             {
-                **_lrp_rows("splitlrp", lams=(1.0, 0.5, 0.8, 1.2, 1.5, 2.0, 3.0)),
+                **_lrp_rows("splitlrp", lams=(1.0, 0.5, 0.8, 1.2, 1.25, 1.5, 2.0, 3.0)),
                 "splitgrad": _out("map_splitgrad"),
-                **_cam_rows("splitcam", lams=(1.0, 1.5, 2.0)),
+                **_cam_rows("splitcam", lams=(1.0, 1.25, 1.5, 2.0)),
             },
         ),
         Spec(

@@ -6,5 +6,11 @@ from onnxsplit.convert import ConvertResult, convert, convert_model  # noqa: E40
 from onnxsplit.errors import OnnxSplitError  # noqa: E402
 from onnxsplit.explainer import Explainer  # noqa: E402
 
-__all__ = ["ConvertResult", "Explainer", "OnnxSplitError", "convert", "convert_model",
-           "__version__"]
+__all__ = [
+    "ConvertResult",
+    "Explainer",
+    "OnnxSplitError",
+    "convert",
+    "convert_model",
+    "__version__",
+]

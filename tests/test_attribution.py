@@ -30,7 +30,7 @@ from onnx.reference import ReferenceEvaluator
 from onnxsplit.attribution import attach_methods, differentiate
 from onnxsplit.attribution.attach import raise_opset
 from onnxsplit.attribution.autodiff import UnsupportedBackwardError
-from onnxsplit.attribution.methods import LRP, CAMMethod
+from onnxsplit.attribution.methods import LRP, CAMMethod, SplitCAM
 from onnxsplit.canonicalize import canonicalize
 from onnxsplit.emit import to_model
 
@@ -47,7 +47,9 @@ ALL = [
     "lrp_epsilon",
     "lrp_zplus",
     "lrp_epsilon_plus",
-    "splitcam",
+    # the gradient form with lam = 1, whose identities (P - N = gradient x activation, P =
+    # LayerCAM) these tests check; the default SplitCAM is in tests/test_split_methods.py
+    SplitCAM(evidence="gradient", lam=1.0),
 ]
 TARGETS = np.array([-1, 3, -1, 0], np.int64)
 
@@ -431,9 +433,15 @@ def test_emitted_model_interface():
     assert list(inputs) == ["input", "target"]
     assert inputs["target"].elem_type == TensorProto.INT64
     names = [o.name for o in model.graph.output]
-    assert names == ["logits", *[f"map_{m}" for m in ALL], "map_splitcam_pos", "map_splitcam_neg"]
+    all_names = [m if isinstance(m, str) else m.name for m in ALL]
+    assert names == [
+        "logits",
+        *[f"map_{m}" for m in all_names],
+        "map_splitcam_pos",
+        "map_splitcam_neg",
+    ]
     meta = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(meta["onnxsplit.attribution.methods"]) == ALL
+    assert json.loads(meta["onnxsplit.attribution.methods"]) == all_names
     assert meta["onnxsplit.attribution.layout"] == "NCHW"
     out = _run(model, _digits(), TARGETS)
     for name, value in out.items():
@@ -496,7 +504,7 @@ def test_cams_match_torch_at_a_chosen_layer(name):
 def test_splitcam_identities(name):
     """P, N >= 0; P - N = gradient x activation; with a pooling + linear head P = LayerCAM."""
     model = _sample(name)
-    methods = ["splitcam", "layercam", GradientTimesActivation()]
+    methods = [SplitCAM(evidence="gradient", lam=1.0), "layercam", GradientTimesActivation()]
     out = _run(attach_methods(model, methods), _digits(), TARGETS)
     pos, neg = out["map_splitcam_pos"], out["map_splitcam_neg"]
     assert pos.min() >= -1e-6 * pos.max() and neg.min() >= -1e-6 * neg.max()

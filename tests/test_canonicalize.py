@@ -38,7 +38,8 @@ def test_initializers_listed_as_graph_inputs_old_ir() -> None:
     model = onnx.load(SAMPLES / "digits_cnn_op11_legacy.onnx")
     for init in model.graph.initializer:
         model.graph.input.append(
-            onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        )
     model.ir_version = 3
     assert len(model.graph.input) > 1
     result = convert_model(model)  # must not ask which input to explain
@@ -49,8 +50,14 @@ def test_initializers_listed_as_graph_inputs_old_ir() -> None:
 def test_external_data_model(tmp_path: Path) -> None:
     model = onnx.load(SAMPLES / "digits_resnet_op17_legacy.onnx")
     path = tmp_path / "resnet_external.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     assert (tmp_path / "weights.bin").exists()
     result = convert(path, tmp_path / "out.onnx", device="cpu")
     assert result.probe["relative_error"] <= 1e-4
@@ -67,10 +74,15 @@ def test_opset9_export_is_converted_up() -> None:
 
 def test_batchnorm_folded_and_trailing_softmax_removed() -> None:
     model = conv_then(
-        [n("BatchNormalization", ["a", "g", "b", "m", "v"], ["bn"]), n("Relu", ["bn"], ["r"]),
-         n("GlobalAveragePool", ["r"], ["p"]), n("Flatten", ["p"], ["f"]),
-         n("Softmax", ["f"], ["y"], axis=1)],
-        {"g": weights(4), "b": weights(4), "m": weights(4), "v": np.abs(weights(4)) + 0.5})
+        [
+            n("BatchNormalization", ["a", "g", "b", "m", "v"], ["bn"]),
+            n("Relu", ["bn"], ["r"]),
+            n("GlobalAveragePool", ["r"], ["p"]),
+            n("Flatten", ["p"], ["f"]),
+            n("Softmax", ["f"], ["y"], axis=1),
+        ],
+        {"g": weights(4), "b": weights(4), "m": weights(4), "v": np.abs(weights(4)) + 0.5},
+    )
     canonical = canonicalize(model)
     ops = [node.op for node in canonical.graph.nodes]
     assert "BatchNormalization" not in ops and "Softmax" not in ops

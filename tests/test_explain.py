@@ -255,6 +255,7 @@ def test_trained_dc_model_explains_itself_without_conversion(tmp_path) -> None:
     result = run("explain", model, tmp_path / "d.npy", "--method", "self", "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "o" / "d_0_self.npy").shape == (8, 8)
-    refused = run("explain", model, tmp_path / "d.npy", "--method", "gradcam", "--out",
-                  tmp_path / "p")
+    refused = run(
+        "explain", model, tmp_path / "d.npy", "--method", "gradcam", "--out", tmp_path / "p"
+    )
     _assert_refused(refused, tmp_path / "p", "explains itself with", "self_g")

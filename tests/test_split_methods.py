@@ -56,7 +56,8 @@ def test_methods_are_registered():
 @pytest.mark.parametrize("name", DIGITS)
 @pytest.mark.parametrize("kwargs", [{}, {"maxout": "proportional"}, {"absorb": False}])
 def test_splitlrp_conserves_and_is_non_negative(name, kwargs):
-    model = attach_methods(onnx.load(str(SAMPLES / name)), [SplitLRP(diagnostics=True, **kwargs)])
+    method = SplitLRP(lam=1.0, diagnostics=True, **kwargs)
+    model = attach_methods(onnx.load(str(SAMPLES / name)), [method])
     out = _run(model, _digits(), TARGETS)
     logits = out["logits"]
     picked = logits[np.arange(4), _chosen(logits, TARGETS)]
@@ -95,13 +96,34 @@ def test_splitlrp_ratio_form_equals_relevance_form(name):
 def test_splitlrp_lambda_and_variants_differ():
     model = attach_methods(
         onnx.load(str(SAMPLES / DIGITS[1])),
-        [SplitLRP(), SplitLRP(lam=0.5, name="half"), SplitLRP(maxout="proportional", name="p")],
+        [
+            SplitLRP(lam=1.0),
+            SplitLRP(lam=0.5, name="half"),
+            SplitLRP(lam=1.0, maxout="proportional", name="p"),
+        ],
     )
     out = _run(model, _digits(), TARGETS)
     np.testing.assert_allclose(
         out["map_half"], out["map_splitlrp_g"] - 0.5 * out["map_splitlrp_h"], atol=1e-6
     )
     assert np.abs(out["map_p"] - out["map_splitlrp"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", DIGITS[:2])
+def test_balanced_lambda_gives_zero_sum_maps(name):
+    methods = [SplitLRP(lam="balanced"), SplitCAM(lam="balanced", name="cam")]
+    if "mlp" in name:
+        methods = methods[:1]
+    out = _run(attach_methods(onnx.load(str(SAMPLES / name)), methods), _digits(), TARGETS)
+    g, h = out["map_splitlrp_g"], out["map_splitlrp_h"]
+    lam = g.reshape(4, -1).sum(1) / h.reshape(4, -1).sum(1)
+    np.testing.assert_allclose(out["map_splitlrp"], g - lam[:, None, None] * h, atol=1e-6)
+    np.testing.assert_allclose(out["map_splitlrp"].reshape(4, -1).sum(1), 0, atol=1e-5)
+    if "cam" in [m.name for m in methods]:  # P - c N with one c > 0 per sample
+        pos, neg, cam = (out[f"map_cam{k}"].reshape(4, -1) for k in ("_pos", "_neg", ""))
+        c = ((pos - cam) * neg).sum(1) / (neg * neg).sum(1)
+        assert (c > 0).all()
+        np.testing.assert_allclose(cam, pos - c[:, None] * neg, atol=1e-5)
 
 
 # ------------------------------------------------------------------ SplitGrad
@@ -126,19 +148,21 @@ def test_splitgrad_times_input_is_splitlrp(name):
 @pytest.mark.parametrize("name", DIGITS[1:])
 def test_splitcam_variants(name):
     methods = [
-        "splitcam",
-        SplitCAM(evidence="relevance", name="rel"),
+        SplitCAM(lam=1.0),
+        SplitCAM(evidence="gradient", lam=1.0, name="grad"),
         SplitCAM(combine="relu_diff", lam=0.5, name="rd"),
         SplitCAM(combine="pos", name="p"),
     ]
     out = _run(attach_methods(onnx.load(str(SAMPLES / name)), methods), _digits(), TARGETS)
-    for key in ("splitcam", "rel", "rd", "p"):
+    for key in ("splitcam", "grad", "rd", "p"):
         for part in ("pos", "neg"):
             assert out[f"map_{key}_{part}"].min() >= 0, (key, part)
     np.testing.assert_allclose(
         out["map_splitcam"], out["map_splitcam_pos"] - out["map_splitcam_neg"], atol=1e-5
     )
     np.testing.assert_allclose(out["map_p"], out["map_splitcam_pos"], atol=1e-6)
+    # at the default (re-centered) layer the relevance and gradient evidence coincide
+    np.testing.assert_allclose(out["map_grad"], out["map_splitcam"], atol=1e-5)
     assert out["map_rd"].min() >= 0
 
 

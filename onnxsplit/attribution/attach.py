@@ -65,8 +65,9 @@ def attach_methods(
 
     methods: names from onnxsplit.attribution.methods.METHODS ('gradient', 'gradient_x_input',
     'gradcam', 'layercam', 'lrp_epsilon', 'lrp_zplus', 'lrp_epsilon_plus', 'splitcam',
-    'splitlrp', 'splitgrad') or method instances (docs/methods.md defines each). target_layer: the tensor the CAM methods explain (default: the last
-    rank-4 rectifier output of the canonical graph). The argument `model` is not modified.
+    'splitlrp', 'splitgrad') or method instances (docs/methods.md defines each).
+    target_layer: the tensor the CAM methods explain (default: the last rank-4 rectifier
+    output of the canonical graph). The argument `model` is not modified.
     """
     if not methods:
         raise OnnxSplitError("no attribution method requested")

@@ -435,6 +435,7 @@ class SplitCAM(AttributionMethod):
     (combine='relu_diff'), map_splitcam_pos = P and map_splitcam_neg = N (both >= 0),
     upsampled to the input size. A+ and A- are the streams at the target layer (re-centered
     where the stabilizer re-centers: after a rectifier they are (relu(A), relu(-A))).
+    lam='balanced' sets lam = sum P / sum N per map (P - lam N sums to zero).
     """
 
     name = "splitcam"
@@ -445,7 +446,7 @@ class SplitCAM(AttributionMethod):
         mode: str = "normalized",
         evidence: str = "gradient",
         combine: str = "diff",
-        lam: float = 1.0,
+        lam: float | str = 1.0,
         name: str | None = None,
     ):
         if evidence not in ("gradient", "relevance"):
@@ -456,7 +457,7 @@ class SplitCAM(AttributionMethod):
         self.mode = mode
         self.evidence = evidence
         self.combine = combine
-        self.lam = float(lam)
+        self.lam = _check_lam(lam)
         if name is not None:
             self.name = name
 
@@ -490,7 +491,7 @@ class SplitCAM(AttributionMethod):
             evidence.append(_sum_channels(ctx, em.total(terms)))
         positive, negative = evidence
         em = ctx.em
-        scaled = negative if self.lam == 1.0 else em.mul(negative, ctx.scalar(self.lam))
+        scaled = weigh_negative(ctx, positive, negative, self.lam)
         if self.combine == "pos":
             combined = positive
         elif self.combine == "relu_diff":
@@ -541,13 +542,15 @@ class SplitLRP(AttributionMethod):
     map_splitlrp_g and map_splitlrp_h (both >= 0). `diagnostics=True` adds
     splitlrp_absorbed_g / _h [N]: the relevance the biases absorbed (sum R_g + absorbed = g_k).
     `form='relevance'` compiles the slower relevance form (lrp.split_composite; same maps).
+    lam = 1 (default) is the conservative map (it sums to f_k less the biases' net share);
+    lam='balanced' = sum R_g / sum R_h per map (zero-sum).
     """
 
     name = "splitlrp"
 
     def __init__(
         self,
-        lam: float = 1.0,
+        lam: float | str = 1.0,
         maxout: str = "wta",
         absorb: bool = True,
         mode: str = "normalized",
@@ -558,7 +561,7 @@ class SplitLRP(AttributionMethod):
     ):
         if form not in ("ratio", "relevance"):
             raise ValueError(f"form must be 'ratio' or 'relevance', not {form!r}")
-        self.lam = float(lam)
+        self.lam = _check_lam(lam)
         self.maxout = maxout
         self.absorb = absorb
         self.mode = mode
@@ -628,7 +631,7 @@ class SplitLRP(AttributionMethod):
         em = ctx.em
         em.scope = self.name
         map_g, map_h = ctx.channel_sum(r_g), ctx.channel_sum(r_h)
-        weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
+        weighted = weigh_negative(ctx, map_g, map_h, self.lam)
         out = {
             f"map_{self.name}": em.sub(map_g, weighted),
             f"map_{self.name}_g": map_g,
@@ -693,12 +696,39 @@ class SplitGrad(SplitLRP):
             total = em.total(parts) if parts else em.mul(ctx.data, zero)
             maps.append(ctx.channel_sum(total))
         map_g, map_h = maps
-        weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
+        weighted = weigh_negative(ctx, map_g, map_h, self.lam)
         return {
             f"map_{self.name}": em.sub(map_g, weighted),
             f"map_{self.name}_g": map_g,
             f"map_{self.name}_h": map_h,
         }
+
+
+BALANCED = "balanced"
+
+
+def _check_lam(lam) -> float | str:
+    if lam == BALANCED:
+        return BALANCED
+    try:
+        return float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam must be a number or 'balanced', not {lam!r}") from None
+
+
+def weigh_negative(ctx: AttributionContext, positive, negative, lam) -> gs.Tensor:
+    """lam * negative; lam='balanced': sum(positive) / sum(negative) per sample, so that
+    positive - lam * negative sums to zero over each map."""
+    em = ctx.em
+    if lam == BALANCED:  # rank-agnostic: [N, ...] -> [N, D] -> per-sample sums [N, 1]
+        flat_p = em.one("Flatten", [positive], {"axis": 1})
+        flat_n = em.one("Flatten", [negative], {"axis": 1})
+        total_p = em.one("ReduceSum", [flat_p, ctx._i64([1])], {"keepdims": 1})
+        total_n = em.one("ReduceSum", [flat_n, ctx._i64([1])], {"keepdims": 1})
+        floor = em.max(em.mul(em.one("Abs", [total_p]), ctx.scalar(1e-12)), ctx.scalar(1e-30))
+        ratio = em.one("Div", [total_p, em.max(total_n, floor)])
+        return em.one("Reshape", [em.mul(flat_n, ratio), em.one("Shape", [negative])])
+    return negative if lam == 1.0 else em.mul(negative, ctx.scalar(lam))
 
 
 def _scaled_identity(factors):
