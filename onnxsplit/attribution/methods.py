@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnxsplit.attribution import lrp
 from onnxsplit.attribution.autodiff import Backward, SubgraphAdjoint, differentiate
-from onnxsplit.attribution.splitgraph import MergedSplit, merge_split_graph
+from onnxsplit.attribution.splitgraph import MergedSplit, can_start_at, merge_split_graph
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.emitter import Emitter
@@ -128,6 +128,8 @@ class AttributionContext:
         self._target_layer = target_layer
         self._split_requests: dict[str, set[str]] = {}
         self._splits: dict[str, MergedSplit] = {}
+        self._head_requests: list[tuple[str, str]] = []  # (mode, layer)
+        self._heads: dict[tuple[str, str], MergedSplit] = {}
         self._gradients: dict[str, gs.Tensor | None] = {}
         self.target: gs.Variable | None = None
         self.onehot: gs.Variable | None = None
@@ -152,10 +154,36 @@ class AttributionContext:
         if layer is not None:
             layers.add(layer)
 
+    def request_head_split(self, layer: str, mode: str = "normalized") -> bool:
+        """Ask for the split graph of `mode` from `layer` on, seeded with the original
+        activation A there as (relu(A), relu(-A)) (`head_split`). Where the stabilizer does not
+        re-center at `layer` (or a skip connection passes it), ask for the full split graph
+        instead (`request_split`) and return False."""
+        if self.onehot is not None:
+            raise RuntimeError("split graphs must be requested before the graph is extended")
+        if (mode, layer) in self._head_requests:
+            return True
+        if can_start_at(self.canonical, self.data, self.logits, layer, mode):
+            self._head_requests.append((mode, layer))
+            return True
+        self.request_split(layer, mode)
+        return False
+
     def build_splits(self) -> None:
         for mode, layers in self._split_requests.items():
             self._splits[mode] = merge_split_graph(
                 self.graph, self.canonical, self.data, self.logits, tuple(sorted(layers)), mode
+            )
+        for k, (mode, layer) in enumerate(self._head_requests):
+            self._heads[(mode, layer)] = merge_split_graph(
+                self.graph,
+                self.canonical,
+                self.data,
+                self.logits,
+                (layer,),
+                mode,
+                start=layer,
+                prefix=f"splithead{k or ''}/",
             )
 
     def build_seed(self) -> None:
@@ -193,6 +221,10 @@ class AttributionContext:
 
     def split(self, mode: str = "normalized") -> MergedSplit:
         return self._splits[mode]
+
+    def head_split(self, layer: str, mode: str = "normalized") -> MergedSplit | None:
+        """The split graph from `layer` on (None unless `request_head_split` granted it)."""
+        return self._heads.get((mode, layer))
 
     def backward(self, seeds, wrt, **kwargs) -> dict:
         self._passes += 1
@@ -436,6 +468,12 @@ class SplitCAM(AttributionMethod):
     upsampled to the input size. A+ and A- are the streams at the target layer (re-centered
     where the stabilizer re-centers: after a rectifier they are (relu(A), relu(-A))).
     lam='balanced' sets lam = sum P / sum N per map (P - lam N sums to zero).
+
+    from_layer=True (default): where the stabilizer re-centers at the target layer, only the
+    graph after it is split, seeded with (relu(A), relu(-A)) from the original activation A
+    (the same streams as the full split graph's, which recomputes A with more rounding; the
+    maps agree to rounding, tests/test_fast_paths.py). Elsewhere, or with from_layer=False,
+    the whole split graph is built.
     """
 
     name = "splitcam"
@@ -448,6 +486,7 @@ class SplitCAM(AttributionMethod):
         combine: str = "diff",
         lam: float | str = 1.0,
         name: str | None = None,
+        from_layer: bool = True,
     ):
         if evidence not in ("gradient", "relevance"):
             raise ValueError(f"evidence must be 'gradient' or 'relevance', not {evidence!r}")
@@ -458,6 +497,7 @@ class SplitCAM(AttributionMethod):
         self.evidence = evidence
         self.combine = combine
         self.lam = _check_lam(lam)
+        self.from_layer = from_layer
         if name is not None:
             self.name = name
 
@@ -465,10 +505,12 @@ class SplitCAM(AttributionMethod):
         return self.target_layer or ctx.target_layer
 
     def prepare(self, ctx):
-        ctx.request_split(self.layer(ctx), self.mode)
+        if not (self.from_layer and ctx.request_head_split(self.layer(ctx), self.mode)):
+            ctx.request_split(self.layer(ctx), self.mode)
 
     def build(self, ctx):
-        split = ctx.split(self.mode)
+        split = ctx.head_split(self.layer(ctx), self.mode) if self.from_layer else None
+        split = split or ctx.split(self.mode)
         pos, neg = split.streams[self.layer(ctx)]
         overrides = (
             split.overrides() if self.evidence == "gradient" else ratio_overrides(ctx, split)

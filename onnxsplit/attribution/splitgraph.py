@@ -18,11 +18,12 @@ import onnx_graphsurgeon as gs
 from onnxsplit.attribution.autodiff import SubgraphAdjoint
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.split.driver import X_NEG, X_POS, split_graph
+from onnxsplit.split.driver import X_NEG, X_POS, head_start_problem, split_graph
 from onnxsplit.split.registry import Kind
 from onnxsplit.stabilize import Stabilizer, get_stabilizer
 
 PREFIX = "split/"
+HEAD_PREFIX = "splithead/"
 
 
 # Attribution-only stabilizers beside onnxsplit.stabilize's modes: "every-layer" re-centers
@@ -102,6 +103,14 @@ def _with_shapes(graph: gs.Graph, opset: int) -> gs.Graph:
     return gs.import_onnx(model)
 
 
+def can_start_at(
+    canonical: Canonical, data: gs.Tensor, logits: gs.Tensor, layer: str, mode: str
+) -> bool:
+    """Whether the split graph may start at `layer` (merge_split_graph(start=layer)): the
+    stabilizer re-centers there and nothing after it reads an earlier activation."""
+    return head_start_problem(canonical, stabilizer_for(mode), layer, data, logits) is None
+
+
 def merge_split_graph(
     graph: gs.Graph,
     canonical: Canonical,
@@ -109,37 +118,46 @@ def merge_split_graph(
     logits: gs.Tensor,
     layers: tuple[str, ...],
     mode: str = "normalized",
+    start: str | None = None,
+    prefix: str | None = None,
 ) -> MergedSplit:
     """Build the split graph of `canonical` exposing `layers` and add its nodes to `graph`.
 
     Call before anything is added to canonical.graph (the split compiler reads it). The split
     graph reads the same data input; its tensors and nodes are renamed with the prefix 'split/'.
     The streams of each layer are returned re-centered when the stabilizer re-centers there.
+
+    start: split only the graph after the original tensor `start`, seeded with
+    (relu(A), relu(-A)) (prefix 'splithead/'; `can_start_at` tells whether it may). Its input
+    streams x_pos, x_neg are then the streams at `start`, which is the only layer exposed.
     """
+    prefix = prefix or (PREFIX if start is None else HEAD_PREFIX)
     split = split_graph(
         canonical,
         stabilizer_for(mode),
         input_name=data.name,
         output_name=logits.name,
-        expose=tuple(layers),
+        expose=() if start is not None else tuple(layers),
+        start=start,
     )
     sg = _with_shapes(split.graph, canonical.opset)
     source_input = sg.inputs[0]
+    reads = data if start is None else graph.tensors()[start]
     outputs = {t.name: t for t in sg.outputs}
     for tensor in sg.tensors().values():
         if tensor is not source_input:
-            tensor.name = PREFIX + tensor.name
+            tensor.name = prefix + tensor.name
     for node in sg.nodes:
-        node.name = PREFIX + (node.name or node.op)
+        node.name = prefix + (node.name or node.op)
         for i, tensor in enumerate(node.inputs):
             if tensor is source_input:
-                node.inputs[i] = data
+                node.inputs[i] = reads
     graph.nodes.extend(sg.nodes)
     tensors = sg.tensors()
     recenterings = [
-        Recentering(*(tensors[PREFIX + n] for n in names))
+        Recentering(*(tensors[prefix + n] for n in names))
         for names in split.recentered
-        if all(PREFIX + n in tensors for n in names)
+        if all(prefix + n in tensors for n in names)
     ]
     if len(recenterings) != len(split.recentered):  # a name lost: fall back to the structure
         recenterings = find_recenterings(sg.nodes)
@@ -147,10 +165,16 @@ def merge_split_graph(
     merged = MergedSplit(
         outputs["g"],
         outputs["h"],
-        tensors.get(PREFIX + X_POS),
-        tensors.get(PREFIX + X_NEG),
+        tensors.get(prefix + X_POS),
+        tensors.get(prefix + X_NEG),
         recenterings=recenterings,
     )
+    if start is not None:
+        for layer in layers:
+            if layer != start:
+                raise OnnxSplitError(f"a split graph from '{start}' cannot expose '{layer}'")
+        merged.streams[start] = (merged.x_pos, merged.x_neg)
+        return merged
     for layer in layers:
         if layer not in split.exposed:
             raise OnnxSplitError(f"the split graph did not expose '{layer}'")

@@ -157,8 +157,14 @@ def split_graph(
     output_name: str | None = None,
     expose: tuple[str, ...] = (),
     fast: bool = False,
+    start: str | None = None,
 ) -> SplitGraph:
-    """Build the split graph of `canonical`. Outputs: logits, g, h (+ exposed streams)."""
+    """Build the split graph of `canonical`. Outputs: logits, g, h (+ exposed streams).
+
+    start: split only the part of the graph after the tensor `start` (see `head_start_ok`):
+    the split graph's input is that tensor A, seeded as the minimal pair (relu(A), relu(-A)),
+    which is what the full split graph holds there when its stabilizer re-centers at `start`.
+    """
     source = canonical.graph
     data_input = choose_input(canonical, input_name)
     output = choose_output(canonical, output_name)
@@ -169,22 +175,33 @@ def split_graph(
     for name in expose:
         if name not in known:
             raise OnnxSplitError(f"cannot expose '{name}': the model has no such tensor")
+    skip: set[int] = set()
+    seed = data_input
+    if start is not None:
+        reason = head_start_problem(canonical, stabilizer, start, data_input, output)
+        if reason:
+            raise OnnxSplitError(f"cannot split from '{start}': {reason}")
+        seed = source.tensors()[start]
+        after = _downstream_nodes(source, start)
+        skip = {id(n) for n in source.nodes if id(n) not in after and _depends_on(n, data_input)}
 
     graph = gs.Graph(opset=canonical.opset, name="onnxsplit")
     dtype = np.dtype(data_input.dtype)
     # the fast form relies on minimal pairs, which only a re-centering stabilizer maintains
     em = Emitter(graph, canonical.opset, dtype, fast=fast and bool(stabilizer.recenter_kinds))
-    x = gs.Variable(data_input.name, dtype=data_input.dtype, shape=data_input.shape)
+    x = gs.Variable(seed.name, dtype=seed.dtype or data_input.dtype, shape=seed.shape)
     graph.inputs = [x]
     em.scope = "input"
     x_pos = em.relu(x)
     x_neg = em.relu(em.neg(x))
     x_pos.name, x_neg.name = X_POS, X_NEG
-    values: dict[str, Value] = {data_input.name: Pair(x_pos, x_neg, x)}
-    result = SplitGraph(graph, data_input.name, output.name)
+    values: dict[str, Value] = {seed.name: Pair(x_pos, x_neg, x)}
+    result = SplitGraph(graph, seed.name, output.name)
     exposed_outputs: list[gs.Variable] = []
 
     for node in source.nodes:
+        if id(node) in skip:
+            continue
         inputs = _value_inputs(node, values)
         if not any(isinstance(v, Pair) for v in inputs):
             _copy_plain(em, node, inputs, values)
@@ -227,6 +244,82 @@ def split_graph(
     graph.outputs = [logits, g, h, *exposed_outputs]
     graph.cleanup().toposort()
     return result
+
+
+def _downstream_nodes(graph: gs.Graph, name: str) -> set[int]:
+    """ids of the nodes that read `name` directly or through other nodes."""
+    found: set[int] = set()
+    stack = [graph.tensors()[name]]
+    while stack:
+        for node in stack.pop().outputs:
+            if id(node) not in found:
+                found.add(id(node))
+                stack.extend(node.outputs)
+    return found
+
+
+def _depends_on(node: gs.Node, tensor: gs.Tensor) -> bool:
+    """Whether `node` reads `tensor` directly or through other nodes."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for t in current.inputs:
+            if t is tensor or t.name == tensor.name:
+                return True
+            stack.extend(t.inputs)
+    return False
+
+
+def head_start_problem(
+    canonical: Canonical,
+    stabilizer: Stabilizer,
+    start: str,
+    data_input: gs.Tensor,
+    output: gs.Tensor,
+) -> str | None:
+    """Why the split graph cannot start at tensor `start` (None when it can).
+
+    It can when the full split graph re-centers there (so its streams are exactly
+    (relu(A), relu(-A)) with A the original tensor, up to rounding) and every activation the
+    rest of the graph reads comes from `start` (no skip connection around it)."""
+    source = canonical.graph
+    tensors = source.tensors()
+    if start not in tensors or not tensors[start].inputs:
+        return "no node computes it"
+    if start == output.name:
+        return "it is the output"
+    producer = tensors[start].inputs[0]
+    rule = RULES.get(producer.op)
+    if rule is None or not _depends_on(producer, data_input):
+        return "it is not a split activation"
+    split_inputs = sum(
+        1
+        for t in producer.inputs
+        if t.name and (t is data_input or _depends_on_tensor(t, data_input))
+    )
+    if not stabilizer.wants(rule.kind, split_inputs):
+        return f"the '{stabilizer.name}' stabilizer does not re-center after {producer.op}"
+    after = _downstream_nodes(source, start)
+    if not any(output in n.outputs for n in source.nodes if id(n) in after):
+        return "the output does not depend on it"
+    for node in source.nodes:
+        if id(node) not in after:
+            continue
+        for t in node.inputs:
+            if t.name == start or isinstance(t, gs.Constant) or not t.name:
+                continue
+            if t is data_input or (
+                t.inputs and id(t.inputs[0]) not in after and _depends_on(t.inputs[0], data_input)
+            ):
+                return f"node '{node.name}' ({node.op}) reads '{t.name}', computed before it"
+    return None
+
+
+def _depends_on_tensor(tensor: gs.Tensor, data_input: gs.Tensor) -> bool:
+    return bool(tensor.inputs) and _depends_on(tensor.inputs[0], data_input)
 
 
 def _check_dangling_inputs(graph: gs.Graph) -> None:

@@ -1,0 +1,137 @@
+"""The cheaper formulations of the split methods compute the same maps as the plain ones.
+
+- SplitCAM from the target layer (from_layer=True, the default): where the stabilizer
+  re-centers at the layer, only the graph after it is split, seeded with (relu(A), relu(-A))
+  from the original activation; the maps equal those of the full split graph (from_layer=False)
+  to rounding, with gradient and relevance evidence, on the digits sample models and
+  EfficientNet-Lite0; where the layer is not re-centered or a skip connection passes it, the full
+  split graph is built (the same graph as from_layer=False).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxsplit.attribution import attach_methods
+from onnxsplit.attribution.methods import SplitCAM
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+DIGITS = (
+    "digits_cnn_op17_legacy.onnx",
+    "digits_cnn_op11_legacy.onnx",
+    "digits_resnet_op18_dynamo.onnx",
+    "digits_depthwise_op17_legacy.onnx",
+)
+TARGETS = np.array([-1, 3, -1, 0], np.int64)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, target: np.ndarray) -> dict:
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    feed = {model.graph.input[0].name: x, "target": target}
+    return dict(zip(names, session.run(None, feed), strict=True))
+
+
+def _rel(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+    return float(np.abs(a - b).max() / max(scale, 1e-30))
+
+
+def _head_nodes(model: onnx.ModelProto) -> int:
+    return sum(n.name.startswith("splithead") for n in model.graph.node)
+
+
+def _full_split_nodes(model: onnx.ModelProto) -> int:
+    return sum(n.name.startswith("split/") for n in model.graph.node)
+
+
+def _compare_cam(model, x, target, pairs, tol):
+    out = _run(model, x, target)
+    for new, old in pairs:
+        # P - N cancels (gradient evidence at inner layers: |P| ~ 1e3, |P - N| ~ 0.5), so the
+        # error is measured on the scale of the streams' evidence P and N
+        scale = max(np.abs(out[f"map_{old}_{part}"]).max() for part in ("pos", "neg"))
+        for suffix in ("", "_pos", "_neg"):
+            err = _rel(out[f"map_{new}{suffix}"], out[f"map_{old}{suffix}"], scale)
+            assert err < tol, (new, suffix, err)
+    return out
+
+
+CAM_PAIRS = (("splitcam", "full"), ("rel", "rel_full"))
+
+
+def _cams(layer=None, mode="normalized"):
+    return [
+        SplitCAM(layer, mode=mode),
+        SplitCAM(layer, mode=mode, name="full", from_layer=False),
+        SplitCAM(layer, mode=mode, evidence="relevance", name="rel"),
+        SplitCAM(layer, mode=mode, evidence="relevance", name="rel_full", from_layer=False),
+    ]
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_splitcam_from_layer_equals_full_split(name):
+    model = attach_methods(onnx.load(str(SAMPLES / name)), _cams())
+    assert _head_nodes(model) > 0
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:4]
+    _compare_cam(model, x, TARGETS, CAM_PAIRS, 1e-5)
+
+
+@pytest.mark.parametrize("layer", ["relu_2", "add_40"])
+def test_splitcam_from_inner_layer_equals_full_split(layer):
+    """A deeper head: residual blocks, re-centerings and Max nodes after the layer (relu_2
+    feeds a convolution and a residual Add; add_40 is a re-centered merge)."""
+    source = onnx.load(str(SAMPLES / "digits_resnet_op18_dynamo.onnx"))
+    model = attach_methods(source, _cams(layer))
+    assert _head_nodes(model) > 0
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:4]
+    _compare_cam(model, x, TARGETS, CAM_PAIRS, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("layer", "mode"),
+    [
+        ("relu_3", "normalized"),  # the skip connection relu_2 -> add_76 passes it
+        ("getitem_3", "normalized"),  # a convolution's output: not re-centered
+        ("relu_6", "raw"),  # no re-centering at all
+    ],
+)
+def test_splitcam_falls_back_to_the_full_split(layer, mode):
+    source = onnx.load(str(SAMPLES / "digits_resnet_op18_dynamo.onnx"))
+    model = attach_methods(source, [SplitCAM(layer, mode=mode)])
+    assert _head_nodes(model) == 0 and _full_split_nodes(model) > 0
+    both = attach_methods(
+        source,
+        [SplitCAM(layer, mode=mode), SplitCAM(layer, mode=mode, name="full", from_layer=False)],
+    )
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:4]
+    out = _run(both, x, TARGETS)
+    for suffix in ("", "_pos", "_neg"):
+        np.testing.assert_array_equal(out[f"map_splitcam{suffix}"], out[f"map_full{suffix}"])
+
+
+def test_splitcam_from_layer_is_small():
+    """The default SplitCAM splits only the head: no split convolution on the digits CNN."""
+    model = attach_methods(onnx.load(str(SAMPLES / DIGITS[0])), ["splitcam"])
+    assert _full_split_nodes(model) == 0
+    head = [n.op_type for n in model.graph.node if n.name.startswith("splithead/")]
+    assert head and "Conv" not in head
+
+
+def test_splitcam_from_layer_efficientnet():
+    from onnxsplit.zoo import registry
+
+    if not registry.is_available("efficientnet_lite0"):
+        pytest.skip(registry.ZOO_SPECS["efficientnet_lite0"].pip)
+    from onnxsplit.zoo.photos import load_photo
+
+    source = onnx.load(str(registry.model_path("efficientnet_lite0")))
+    x = registry.preprocess("efficientnet_lite0", [load_photo("chelsea"), load_photo("coffee")])
+    model = attach_methods(source, _cams()[:2])
+    assert _head_nodes(model) > 0
+    _compare_cam(model, x, np.array([-1, 967], np.int64), CAM_PAIRS[:1], 3e-5)
