@@ -12,13 +12,22 @@ onnxruntime on the CPU; maps are scored with
   relevant pixels first (the map's value, summed over channels), 16 steps of 1/16 of the pixels,
   removed pixels replaced by a Gaussian-blurred copy of the photo (sigma 10 px), area under the
   softmax probability of the class (deletion lower is better, insertion higher);
+* class sensitivity (`class corr`): the mean Pearson correlation between the maps of two
+  different classes of one grid (lower is better: maps of two classes of an image must differ);
+* complexity: Quantus' Sparseness (Gini of |map|) and Complexity (entropy of |map|) on the
+  single photos, with the faithfulness rows;
 * robustness: max-sensitivity on 5 photos: max over 4 uniform perturbations of radius 0.05 (in
   the model's (x - 127) / 128 input space, about 6 grey levels) of ||m(x + d) - m(x)|| / ||m(x)||
   (Frobenius norms, the class fixed); lower is better.
 
+Experimental variants (ContrastLRP, ContrastSplitLRP, GatedSplitLRP) are defined here as
+subclasses of the shipped methods; docs/research_log.md records every bundle's numbers.
+
 Compiled models and per-method results are cached under $ONNXSPLIT_CACHE/research (or
-~/.cache/onnxsplit/research), keyed by the method definition and a hash of
-onnxsplit/attribution/*.py, so a rerun only computes what changed.
+~/.cache/onnxsplit/research): compiled models keyed by the method definition and a hash of
+onnxsplit/attribution/*.py, maps keyed by the method definition (the attributes that differ
+from the constructor's defaults; bump MAPS_VERSION when a definition's numbers change), so a
+rerun only computes what changed.
 
     python benchmarks/research_loop.py                      # every method, the full benchmark
     python benchmarks/research_loop.py --grids 16 -m splitlrp -m lrp_zplus   # a quick look
@@ -42,12 +51,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnxsplit.attribution import attach_methods  # noqa: E402
+from onnxsplit.attribution import attach_methods, lrp  # noqa: E402
 from onnxsplit.attribution import methods as M  # noqa: E402
 from onnxsplit.eval.grid import (  # noqa: E402
     build_grid_dataset,
@@ -122,7 +132,7 @@ def _lrp_rows(key: str, lams=(1.0,)) -> dict:
 
 
 def _cam_rows(key: str, lams=(1.0,)) -> dict:
-    maps = {key: _out(f"map_{key}"), f"{key} P": _out(f"map_{key}_pos")}
+    maps = {key: _lam(f"map_{key}", 1.0, "pos", "neg"), f"{key} P": _out(f"map_{key}_pos")}
     for lam in lams:
         if lam != 1.0:
             maps[f"{key} P-{lam:g}N"] = _lam(f"map_{key}", lam, "pos", "neg")
@@ -130,6 +140,130 @@ def _cam_rows(key: str, lams=(1.0,)) -> dict:
     maps[f"{key} P-λN balanced"] = _balanced(f"map_{key}", "pos", "neg")
     maps[f"{key} N"] = _out(f"map_{key}_neg")
     return maps
+
+
+# ------------------------------------------------------------------------------ variants
+# Experimental definitions (issue 9). They subclass the shipped methods and use only the
+# AttributionContext API; a variant that wins is merged into onnxsplit.attribution by hand.
+def _softmax_others(ctx) -> gs.Tensor:
+    """w [N, K]: the softmax of the logits without the target class, normalised to sum 1."""
+    em = ctx.em
+    prob = em.one("Softmax", [ctx.logits], {"axis": 1})
+    others = em.mul(prob, em.sub(ctx.scalar(1.0), ctx.onehot))
+    total = em.one("ReduceSum", [others, ctx._i64([1])], {"keepdims": 1})
+    return em.one("Div", [others, em.max(total, ctx.scalar(1e-30))])
+
+
+class ContrastLRP(M.LRPMethod):
+    """A baseline LRP composite seeded with (e_k - w) * f (w = softmax of the other classes):
+    the relevance of the margin f_k - sum_c w_c f_c (CLRP / SGLRP-style contrast). Seeding with
+    the logits (not the one-hot row) keeps every class on the same scale through the epsilon
+    rule at the dense layer (R = x W_c, not x W_c / f_c)."""
+
+    def __init__(self, rules: str = "epsilon_plus", name: str = "clrp_eps_plus"):
+        self.rules_name = rules
+        self.name = name
+
+    def rules(self):
+        return getattr(lrp, f"{self.rules_name}_composite")()
+
+    def build(self, ctx):
+        em = ctx.em
+        em.scope = f"{self.name}_seed"
+        seed = em.mul(em.sub(ctx.onehot, _softmax_others(ctx)), ctx.logits)
+        plain = em.mul(ctx.onehot, ctx.logits)
+        out = {}
+        for suffix, s in (("", seed), ("_k", plain)):
+            relevance = ctx.backward(
+                {ctx.logits.name: s}, [ctx.data.name], rules=self.rules(), scope=self.name + suffix
+            )[ctx.data.name]
+            em.scope = self.name
+            out[f"map_{self.name}{suffix}"] = ctx.channel_sum(relevance)
+        return out
+
+
+class ContrastSplitLRP(M.SplitLRP):
+    """SplitLRP of the margin f_k - sum_c w_c f_c: R_g, R_h of class k as usual and R_gc, R_hc
+    of the softmax-weighted other classes (w as in ContrastLRP), all four >= 0; the map
+    (R_g - R_h) - (R_gc - R_hc) sums to the margin less the biases' net share."""
+
+    def build(self, ctx):
+        split = ctx.split(self.mode)
+        overrides = self._overrides(ctx, split)
+        em = ctx.em
+        em.scope = f"{self.name}_w"
+        w = _softmax_others(ctx)
+        out = {}
+        for label, stream, weights in (
+            ("g", split.g, None),
+            ("h", split.h, None),
+            ("gc", split.g, w),
+            ("hc", split.h, w),
+        ):
+            r, _ = self.relevance(ctx, split, stream, label, overrides, weights)
+            em.scope = self.name
+            out[f"map_{self.name}_{label}"] = ctx.channel_sum(r)
+        return out
+
+
+class GatedSplitLRP(M.SplitLRP):
+    """SplitLRP gated at a layer by SplitCAM's sign: R_g and R_h are computed at the layer's
+    streams; P, N = their channel sums per position (SplitCAM with relevance evidence); only
+    the positions with P > gate_lam * N pass their relevance (both R_g and R_h) on to the
+    input. Outputs map_<name>_g, _h (gated, >= 0) and _pos: R_g alone, scaled per position
+    by relu(P - N) / P (a non-negative map that sums to sum relu(P - N), less biases)."""
+
+    def __init__(self, layer: str | None = None, gate_lam: float = 1.0, name: str = "gated"):
+        super().__init__(name=name)
+        self.gate_layer = layer
+        self.gate_lam = gate_lam
+
+    def layer(self, ctx) -> str:
+        return self.gate_layer or ctx.target_layer
+
+    def prepare(self, ctx):
+        ctx.request_split(self.layer(ctx), self.mode)
+
+    def build(self, ctx):
+        split = ctx.split(self.mode)
+        pos, neg = split.streams[self.layer(ctx)]
+        overrides = self._overrides(ctx, split)
+        em = ctx.em
+        ratios, totals = {}, {}
+        for label, stream in (("g", split.g), ("h", split.h)):
+            grads = ctx.backward(
+                {stream.name: ctx.onehot},
+                [pos.name, neg.name],
+                overrides=overrides,
+                rules=lrp.split_ratio_rules(maxout=self.maxout, absorb=self.absorb),
+                scope=f"{self.name}_{label}_top",
+            )
+            em.scope = self.name
+            zero = em.mul(pos, ctx.scalar(0.0))
+            s = [grads[t.name] if grads[t.name] is not None else zero for t in (pos, neg)]
+            ratios[label] = s
+            rel = em.add(em.mul(pos, s[0]), em.mul(neg, s[1]))
+            totals[label] = em.one("ReduceSum", [rel, ctx._i64([1])], {"keepdims": 1})
+        p, n = totals["g"], totals["h"]
+        above = em.one("Greater", [p, em.mul(n, ctx.scalar(self.gate_lam))])
+        gate = em.one("Cast", [above], {"to": onnx.TensorProto.FLOAT})
+        keep = em.one("Div", [em.relu(em.sub(p, n)), em.max(p, ctx.scalar(1e-30))])
+        out = {}
+        for label, factor in (("g", gate), ("h", gate), ("pos", keep)):
+            s = ratios["h" if label == "h" else "g"]
+            seeds = {pos.name: em.mul(s[0], factor), neg.name: em.mul(s[1], factor)}
+            inputs = (split.x_pos, split.x_neg)
+            grads = ctx.backward(
+                seeds,
+                [t.name for t in inputs],
+                overrides=overrides,
+                rules=lrp.split_ratio_rules(maxout=self.maxout, absorb=self.absorb),
+                scope=f"{self.name}_{label}",
+            )
+            em.scope = self.name
+            parts = [em.mul(t, grads[t.name]) for t in inputs if grads[t.name] is not None]
+            out[f"map_{self.name}_{label}"] = ctx.channel_sum(em.total(parts))
+        return out
 
 
 BASELINES = (
@@ -183,7 +317,9 @@ def method_specs() -> dict[str, Spec]:
             lambda: [M.SplitLRP(contrast=True, name="splitlrp_c")],
             {
                 "splitlrp_c R_g-R_c": _lam("map_splitlrp_c", 1.0, "g", "c"),
-                "splitlrp_c R_g-R_h-R_c": lambda o: o["map_splitlrp_c"] - o["map_splitlrp_c_c"],
+                "splitlrp_c R_g-R_h-R_c": lambda o: (
+                    o["map_splitlrp_c_g"] - o["map_splitlrp_c_h"] - o["map_splitlrp_c_c"]
+                ),
                 "splitlrp_c R_c": _out("map_splitlrp_c_c"),
             },
             "contrast against the other classes' g-streams (softmax-weighted)",
@@ -205,6 +341,49 @@ def method_specs() -> dict[str, Spec]:
             lambda: [M.SplitLRP(mode="every-layer", name="splitlrp_every")],
             _lrp_rows("splitlrp_every", lams=(1.0, 1.5)),
             "re-centering after every layer (FINDINGS' prototype)",
+        ),
+        Spec(
+            "contrast",
+            lambda: [ContrastSplitLRP(name="csplit"), ContrastLRP()],
+            {
+                "csplit (R_g-R_h)-(R_gc-R_hc)": lambda o: (
+                    o["map_csplit_g"] - o["map_csplit_h"] - o["map_csplit_gc"] + o["map_csplit_hc"]
+                ),
+                "csplit R_g-R_gc": _lam("map_csplit", 1.0, "g", "gc"),
+                "csplit (R_g-R_h) - 0.5(R_gc-R_hc)": lambda o: (
+                    o["map_csplit_g"]
+                    - o["map_csplit_h"]
+                    - 0.5 * (o["map_csplit_gc"] - o["map_csplit_hc"])
+                ),
+                "clrp_eps_plus (margin)": _out("map_clrp_eps_plus"),
+                "clrp_eps_plus f_k only": _out("map_clrp_eps_plus_k"),
+            },
+            "contrast against the softmax-weighted other classes (margin f_k - sum w_c f_c)",
+        ),
+        Spec(
+            "gated",
+            lambda: [
+                GatedSplitLRP(None, name="gated_head"),
+                GatedSplitLRP(LAYERS["b10_add"], name="gated_b10"),
+            ],
+            {
+                row: fn
+                for key in ("gated_head", "gated_b10")
+                for row, fn in {
+                    f"{key} R_g-R_h": _lam(f"map_{key}", 1.0),
+                    f"{key} λ=balanced": _balanced(f"map_{key}"),
+                    f"{key} pos": _out(f"map_{key}_pos"),
+                }.items()
+            },
+            "SplitLRP gated by the sign of SplitCAM's P - N at a layer",
+        ),
+        Spec(
+            "scam_b10",
+            lambda: [
+                M.SplitCAM(LAYERS["b10_add"], evidence="relevance", name="scam_rel_b10_add"),
+            ],
+            _cam_rows("scam_rel_b10_add", lams=(1.0, 1.5)),
+            "SplitCAM with relevance evidence at block 10's residual sum (28x28 at 448 px)",
         ),
     ]
     return {s.key: s for s in specs}
@@ -335,11 +514,35 @@ def crop_dataset(seed: int = 0, n: int = 40):
 MAPS_VERSION = "v1"  # bump when a method's numbers change without its definition changing
 
 
+def method_desc(method) -> str:
+    """The class and the attributes that differ from the constructor's defaults: a new option
+    added to a method class (with a default that keeps the old maps) does not invalidate the
+    stored maps; a changed definition needs MAPS_VERSION bumped."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(method).__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    attrs = {
+        k: v
+        for k, v in vars(method).items()
+        if not (k in defaults and _same(defaults[k], v)) and not k.startswith("_cache")
+    }
+    return f"{type(method).__name__}:{getattr(method, 'name', '')}:{sorted(attrs.items())!r}"
+
+
+def _same(a, b) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 def store_dir(spec: Spec, size: int, label: str) -> Path:
     methods = spec.make()
-    desc = json.dumps(
-        [MAPS_VERSION, spec.key, size, [repr(sorted(vars(m).items())) for m in methods]]
-    )
+    desc = json.dumps([MAPS_VERSION, spec.key, size, [method_desc(m) for m in methods]])
     digest = hashlib.sha256(desc.encode()).hexdigest()[:12]
     return cache_root() / "maps" / f"{spec.key}-{digest}" / label
 
@@ -385,30 +588,73 @@ def grid_items(samples):
 
 
 # ------------------------------------------------------------------------------ scores
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(-1) - a.mean()
+    b = b.reshape(-1) - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 1.0
+
+
+def _pooled(m: np.ndarray, f: int = 4) -> np.ndarray:
+    h, w = m.shape[0] // f * f, m.shape[1] // f * f
+    return m[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
 def score_rows(spec: Spec, directory: Path, samples) -> dict[str, dict]:
+    """Pointing / rank scores per map, and `class_corr`: the mean Pearson correlation (on 4x4
+    pooled maps) between the maps of two different tiles' classes of the same grid (the
+    maps of two classes of one image should differ: lower is better; Quantus' RandomLogit
+    asks the same with SSIM)."""
     per_row: dict[str, list] = {row: [] for row in spec.maps}
+    corr: dict[str, list] = {row: [] for row in spec.maps}
+    groups: dict[str, list] = {}
     for s in samples:
-        out = load_maps(directory, s.name)
+        groups.setdefault(s.name.rsplit("_t", 1)[0], []).append(s)
+    for members in groups.values():
+        outs = [load_maps(directory, s.name) for s in members]
         for row, fn in spec.maps.items():
-            m = fn(out)
-            per_row[row].append({**pointing_scores(m, s.mask), **rank_scores(m, s.mask)})
+            maps = []
+            for s, out in zip(members, outs, strict=True):
+                m = fn(out)
+                per_row[row].append({**pointing_scores(m, s.mask), **rank_scores(m, s.mask)})
+                maps.append(_pooled(np.asarray(m, np.float64)))
+            for i in range(len(maps)):
+                for j in range(i + 1, len(maps)):
+                    corr[row].append(_pearson(maps[i], maps[j]))
     return {
-        row: {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+        row: {
+            **{k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]},
+            "class_corr": float(np.mean(corr[row])) if corr[row] else None,
+        }
         for row, scores in per_row.items()
     }
+
+
+def complexity_scores(m: np.ndarray) -> dict[str, float]:
+    """Quantus' Sparseness (Gini index of |m|, higher = sparser) and Complexity (entropy of
+    |m| / sum |m|, lower = simpler), on the map at input resolution."""
+    a = np.sort(np.abs(np.asarray(m, np.float64)).reshape(-1)) + 1e-12
+    n = a.size
+    gini = float(np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * np.sum(a)))
+    p = a / a.sum()
+    return {"sparseness": gini, "complexity": float(-(p * np.log(p)).sum())}
 
 
 def faith_rows(spec: Spec, directory: Path, photos, clf, rows) -> dict[str, dict]:
     result = {}
     for row in rows:
-        pairs = []
+        pairs, comp = [], []
         for name, image in photos:
             out = load_maps(directory, name)
             target = int(out["logits"].argmax())
-            pairs.append(deletion_insertion(clf, image, spec.maps[row](out), target))
+            m = spec.maps[row](out)
+            pairs.append(deletion_insertion(clf, image, m, target))
+            comp.append(complexity_scores(m))
         result[row] = {
             "deletion": float(np.mean([p[0] for p in pairs])),
             "insertion": float(np.mean([p[1] for p in pairs])),
+            "sparseness": float(np.mean([c["sparseness"] for c in comp])),
+            "complexity": float(np.mean([c["complexity"] for c in comp])),
         }
     return result
 
@@ -519,15 +765,15 @@ def main(argv=None) -> int:
             for row, scores in robust_rows(spec, directory, wanted).items():
                 table[row].update(scores)
         print(f"# {key}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    cols = ["g2:hit", "g2:mass", "g2:mass_half", "g2:topk", "g2:auc"]
-    heads = ["hit", "mass", "mass>½", "top-k", "AUC"]
+    cols = ["g2:hit", "g2:mass", "g2:mass_half", "g2:topk", "g2:auc", "g2:class_corr"]
+    heads = ["hit", "mass", "mass>½", "top-k", "AUC", "class corr ↓"]
     for label, head in (("g3", "3×3"), ("crop", "crops")):
         if label in datasets:
             cols += [f"{label}:hit", f"{label}:mass", f"{label}:topk"]
             heads += [f"{head} hit", f"{head} mass", f"{head} top-k"]
     if args.faith:
-        cols += ["deletion", "insertion", "max_sens"]
-        heads += ["deletion ↓", "insertion ↑", "max-sens ↓"]
+        cols += ["deletion", "insertion", "max_sens", "sparseness", "complexity"]
+        heads += ["deletion ↓", "insertion ↑", "max-sens ↓", "sparseness ↑", "complexity ↓"]
     n = len(datasets["g2"][1])
     print(f"\n{n} maps on 2x2 grids (EfficientNet-Lite0 at 448 px), seed {args.seed}\n")
     print("| method | " + " | ".join(heads) + " |")
