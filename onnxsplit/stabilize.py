@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx_graphsurgeon as gs
+
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind
 from onnxsplit.split.values import Pair
@@ -28,7 +30,13 @@ class Stabilizer:
             return Kind.MERGE in self.recenter_kinds and split_inputs >= 2
         return kind in self.recenter_kinds
 
-    def apply(self, em: Emitter, pair: Pair) -> Pair:
+    def apply(self, em: Emitter, pair: Pair, original: gs.Tensor | None = None) -> Pair:
+        """(relu(d), relu(-d)) with d = pos - neg; with `em.seeded`, d is the source graph's
+        tensor `original` (which pos - neg equals up to rounding) and relu(-d) = relu(d) - d."""
+        if em.seeded and original is not None:
+            difference = em.original(original)
+            pos = em.relu(difference)
+            return Pair(pos, em.sub(pos, difference), difference)
         difference = em.sub(pair.pos, pair.neg)
         return Pair(em.relu(difference), em.relu(em.neg(difference)), difference)
 

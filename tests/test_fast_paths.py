@@ -6,6 +6,11 @@
   to rounding, with gradient and relevance evidence, on the digits sample models and
   EfficientNet-Lite0; where the layer is not re-centered or a skip connection passes it, the full
   split graph is built (the same graph as from_layer=False).
+- The seeded split graph (SplitLRP, SplitGrad, SplitCAM on the full split): affine layers take
+  W (p - q) + b from the original graph and map only the mass p + q, re-centerings read the
+  original activation, and the affine layers' backward passes are overrides with two transposed
+  maps; every output equals that of the four-term split graph (built when a method needs it:
+  SplitLRP(form='relevance')) to rounding, diagnostics (absorbed bias shares) included.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxsplit.attribution import attach_methods
-from onnxsplit.attribution.methods import SplitCAM
+from onnxsplit.attribution.methods import SplitCAM, SplitGrad, SplitLRP
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 DIGITS = (
@@ -135,3 +140,67 @@ def test_splitcam_from_layer_efficientnet():
     model = attach_methods(source, _cams()[:2])
     assert _head_nodes(model) > 0
     _compare_cam(model, x, np.array([-1, 967], np.int64), CAM_PAIRS[:1], 3e-5)
+
+
+def _seeded_methods():
+    return [
+        SplitLRP(diagnostics=True),
+        SplitLRP(maxout="proportional", name="prop"),
+        SplitLRP(lam="balanced", name="bal"),
+        SplitGrad(),
+        SplitCAM(name="cam", from_layer=False),
+        SplitCAM(name="cam_rel", evidence="relevance", from_layer=False),
+    ]
+
+
+def _compare_seeded(source, x, target, tol):
+    seeded = attach_methods(source, _seeded_methods())
+    # a relevance-form SplitLRP walks the four-term nodes: the split graph is not seeded
+    plain = attach_methods(source, _seeded_methods() + [SplitLRP(form="relevance", name="rf")])
+    convs = [
+        sum(n.op_type == "Conv" and n.name.startswith("split/") for n in m.graph.node)
+        for m in (seeded, plain)
+    ]
+    assert convs[0] * 4 == convs[1]  # one |W| map per layer instead of four
+    a, b = _run(seeded, x, target), _run(plain, x, target)
+    for key, value in a.items():
+        scale = np.abs(b[key]).max()
+        if key.startswith("map_cam"):  # P - N cancels: the scale of the evidence P and N
+            base = key.split("_pos")[0].split("_neg")[0]
+            scale = max(np.abs(b[f"{base}_{part}"]).max() for part in ("pos", "neg"))
+        assert _rel(value, b[key], scale) < tol, (key, _rel(value, b[key], scale))
+    return a
+
+
+@pytest.mark.parametrize("name", DIGITS[:1] + DIGITS[2:] + ("digits_mlp_op17_legacy.onnx",))
+def test_seeded_split_equals_four_term_split(name):
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:4]
+    source = onnx.load(str(SAMPLES / name))
+    if "mlp" in name:  # no rank-4 layer: no SplitCAM
+        seeded = attach_methods(source, _seeded_methods()[:4])
+        plain = attach_methods(
+            source, _seeded_methods()[:4] + [SplitLRP(form="relevance", name="rf")]
+        )
+        a, b = _run(seeded, x, TARGETS), _run(plain, x, TARGETS)
+        for key, value in a.items():
+            assert _rel(value, b[key], np.abs(b[key]).max()) < 1e-5, key
+        return
+    _compare_seeded(source, x, TARGETS, 1e-5)
+
+
+@pytest.mark.slow  # ~5 min on 2 loaded cores (the four-term relevance form is the slow part)
+def test_seeded_split_efficientnet():
+    from onnxsplit.zoo import registry
+
+    if not registry.is_available("efficientnet_lite0"):
+        pytest.skip(registry.ZOO_SPECS["efficientnet_lite0"].pip)
+    from onnxsplit.zoo.photos import load_photo
+
+    source = onnx.load(str(registry.model_path("efficientnet_lite0")))
+    x = registry.preprocess("efficientnet_lite0", [load_photo("chelsea"), load_photo("coffee")])
+    out = _compare_seeded(source, x, np.array([-1, 967], np.int64), 1e-4)
+    for label in ("g", "h"):  # conservation holds on the seeded graph itself
+        total = out[f"splitlrp_logit_{label}"]
+        conserved = out[f"map_splitlrp_{label}"].reshape(2, -1).sum(1)
+        conserved = conserved + out[f"splitlrp_absorbed_{label}"]
+        np.testing.assert_allclose(conserved, total, rtol=1e-4)

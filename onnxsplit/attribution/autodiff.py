@@ -19,6 +19,7 @@ reduction='add'); ties of Max/Min go to the first input.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -315,24 +316,61 @@ def differentiate(
 def _processing_order(
     graph: gs.Graph, overrides: Sequence[SubgraphAdjoint], tensors: Mapping[str, gs.Tensor]
 ) -> list[gs.Node | _Virtual]:
-    """Topological node order with each overridden subgraph collapsed into one item."""
+    """Topological order of the nodes with each overridden subgraph collapsed into one item.
+
+    An override is ordered after everything its inputs depend on (its own nodes may not read
+    them: a seeded re-centering computes its outputs from the source graph's tensor)."""
     graph.toposort()
     nodes = list(graph.nodes)
-    index = {id(n): i for i, n in enumerate(nodes)}
-    replaced: dict[int, _Virtual] = {}
-    skipped: set[int] = set()
+    if not overrides:
+        return nodes
+    owner: dict[int, int] = {}  # id(node) -> item index
+    items: list[gs.Node | _Virtual] = []
     for ov in overrides:
         inside = _subgraph_nodes(ov, tensors)
         virtual = _Virtual(ov, [tensors[n] for n in ov.inputs], [tensors[n] for n in ov.outputs])
-        last = max(index[id(n)] for n in inside)
-        skipped.update(id(n) for n in inside)
-        replaced[last] = virtual
+        for n in inside:
+            owner[id(n)] = len(items)
+        items.append(virtual)
+    for node in nodes:
+        if id(node) not in owner:
+            owner[id(node)] = len(items)
+            items.append(node)
+    # dependencies: the producers of every tensor an item reads
+    deps: list[set[int]] = [set() for _ in items]
+    for k, item in enumerate(items):
+        for t in item.inputs:
+            if t is not None and t.inputs:
+                j = owner.get(id(t.inputs[0]))
+                if j is not None and j != k:
+                    deps[k].add(j)
+    for node in nodes:  # nodes inside an override read tensors too
+        k = owner[id(node)]
+        if isinstance(items[k], _Virtual):
+            for t in node.inputs:
+                if t.inputs:
+                    j = owner.get(id(t.inputs[0]))
+                    if j is not None and j != k:
+                        deps[k].add(j)
+    users: list[list[int]] = [[] for _ in items]
+    for k, ds in enumerate(deps):
+        for j in ds:
+            users[j].append(k)
+    # Kahn's algorithm, the graph's own order among ready items
+    rank = {k: i for i, k in enumerate(owner[id(n)] for n in nodes)}
+    pending = [len(ds) for ds in deps]
+    ready_keys = [(rank.get(k, -1), k) for k in range(len(items)) if not pending[k]]
+    heapq.heapify(ready_keys)
     order: list[gs.Node | _Virtual] = []
-    for i, node in enumerate(nodes):
-        if i in replaced:
-            order.append(replaced[i])
-        elif id(node) not in skipped:
-            order.append(node)
+    while ready_keys:
+        _, k = heapq.heappop(ready_keys)
+        order.append(items[k])
+        for u in users[k]:
+            pending[u] -= 1
+            if not pending[u]:
+                heapq.heappush(ready_keys, (rank.get(u, -1), u))
+    if len(order) != len(items):
+        raise OnnxSplitError("the overridden subgraphs form a cycle")
     return order
 
 

@@ -20,7 +20,12 @@ import onnx_graphsurgeon as gs
 
 from onnxsplit.attribution import lrp
 from onnxsplit.attribution.autodiff import Backward, SubgraphAdjoint, differentiate
-from onnxsplit.attribution.splitgraph import MergedSplit, can_start_at, merge_split_graph
+from onnxsplit.attribution.splitgraph import (
+    MergedSplit,
+    build_split,
+    can_start_at,
+    merge_split_graph,
+)
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.emitter import Emitter
@@ -128,6 +133,7 @@ class AttributionContext:
         self._target_layer = target_layer
         self._split_requests: dict[str, set[str]] = {}
         self._splits: dict[str, MergedSplit] = {}
+        self._unseeded: set[str] = set()
         self._head_requests: list[tuple[str, str]] = []  # (mode, layer)
         self._heads: dict[tuple[str, str], MergedSplit] = {}
         self._gradients: dict[str, gs.Tensor | None] = {}
@@ -146,13 +152,23 @@ class AttributionContext:
             raise OnnxSplitError(f"the model has no tensor '{self._target_layer}'")
         return self._target_layer
 
-    def request_split(self, layer: str | None, mode: str = "normalized") -> None:
-        """Ask for the split graph of `mode`, exposing the streams at `layer` (None: none)."""
+    def request_split(
+        self, layer: str | None, mode: str = "normalized", seeded: bool = True
+    ) -> None:
+        """Ask for the split graph of `mode`, exposing the streams at `layer` (None: none).
+
+        seeded=False: the method walks the four-term affine nodes of the split graph with its
+        own rules (SplitLRP's relevance form, unabsorbed biases), so every affine layer is
+        emitted in the four-term form; otherwise the seeded form (one map of the mass per
+        layer, the product W (p - q) + b read from the original graph) when every request
+        allows it; the backward passes then add `MergedSplit.block_overrides()`."""
         if self.onehot is not None:
             raise RuntimeError("split graphs must be requested before the graph is extended")
         layers = self._split_requests.setdefault(mode, set())
         if layer is not None:
             layers.add(layer)
+        if not seeded:
+            self._unseeded.add(mode)
 
     def request_head_split(self, layer: str, mode: str = "normalized") -> bool:
         """Ask for the split graph of `mode` from `layer` on, seeded with the original
@@ -170,21 +186,35 @@ class AttributionContext:
         return False
 
     def build_splits(self) -> None:
-        for mode, layers in self._split_requests.items():
-            self._splits[mode] = merge_split_graph(
-                self.graph, self.canonical, self.data, self.logits, tuple(sorted(layers)), mode
-            )
-        for k, (mode, layer) in enumerate(self._head_requests):
-            self._heads[(mode, layer)] = merge_split_graph(
+        jobs = [
+            (("full", mode), tuple(sorted(layers)), mode, None, None, mode not in self._unseeded)
+            for mode, layers in self._split_requests.items()
+        ]
+        jobs += [
+            (("head", mode, layer), (layer,), mode, layer, f"splithead{k or ''}/", False)
+            for k, (mode, layer) in enumerate(self._head_requests)
+        ]
+        args = (self.canonical, self.data, self.logits)
+        # compile every split graph before merging any (the compiler reads self.graph)
+        built = [
+            build_split(*args, layers, mode, start, seeded)
+            for _, layers, mode, start, _, seeded in jobs
+        ]
+        for (key, layers, mode, start, prefix, seeded), split in zip(jobs, built, strict=True):
+            merged = merge_split_graph(
                 self.graph,
-                self.canonical,
-                self.data,
-                self.logits,
-                (layer,),
+                *args,
+                layers,
                 mode,
-                start=layer,
-                prefix=f"splithead{k or ''}/",
+                start=start,
+                prefix=prefix,
+                seeded=seeded,
+                split=split,
             )
+            if key[0] == "full":
+                self._splits[mode] = merged
+            else:
+                self._heads[(mode, start)] = merged
 
     def build_seed(self) -> None:
         """target int64 [N] (-1 = argmax of the logits) -> one-hot rows [N, K]."""
@@ -514,7 +544,7 @@ class SplitCAM(AttributionMethod):
         pos, neg = split.streams[self.layer(ctx)]
         overrides = (
             split.overrides() if self.evidence == "gradient" else ratio_overrides(ctx, split)
-        )
+        ) + split.block_overrides()
         rules = None if self.evidence == "gradient" else lrp.split_ratio_rules()
         evidence = []
         for label, stream in (("g", split.g), ("h", split.h)):
@@ -557,13 +587,7 @@ def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[Subgrap
     result = []
     for r in split.recenterings:
         factors = (lrp.safe_ratio(bw, r.pos_out, r.pos_in), lrp.safe_ratio(bw, r.neg_out, r.neg_in))
-        result.append(
-            SubgraphAdjoint(
-                (r.pos_in.name, r.neg_in.name),
-                (r.pos_out.name, r.neg_out.name),
-                _scaled_identity(factors),
-            )
-        )
+        result.append(r.adjoint(_scaled_identity(factors)))
     ctx.em.scope = scope
     split.ratio_overrides = result
     return result
@@ -614,7 +638,8 @@ class SplitLRP(AttributionMethod):
             self.name = name
 
     def prepare(self, ctx):
-        ctx.request_split(None, self.mode)
+        # the seeded affine layers' backward is the ratio form with absorbed biases
+        ctx.request_split(None, self.mode, seeded=self.form == "ratio" and self.absorb)
 
     def _other_classes(self, ctx) -> gs.Tensor:
         """Softmax weights of the other classes, normalized to sum 1 per sample [N, K]."""
@@ -644,7 +669,7 @@ class SplitLRP(AttributionMethod):
         grads = ctx.backward(
             {stream.name: seed},
             [t.name for t in inputs],
-            overrides=overrides,
+            overrides=overrides + split.block_overrides(sink),
             rules=rules,
             scope=f"{self.name}_{label}",
         )
@@ -722,7 +747,7 @@ class SplitGrad(SplitLRP):
             grads = ctx.backward(
                 {stream.name: ctx.onehot},
                 [t.name for t in inputs],
-                overrides=overrides,
+                overrides=overrides + split.block_overrides(),
                 rules=rules,
                 scope=f"{self.name}_{label}",
             )

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxsplit.attribution.autodiff import SubgraphAdjoint
+from onnxsplit.attribution import lrp
+from onnxsplit.attribution.autodiff import Backward, SubgraphAdjoint
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.split.driver import X_NEG, X_POS, head_start_problem, split_graph
+from onnxsplit.split.driver import X_NEG, X_POS, SplitGraph, head_start_problem, split_graph
 from onnxsplit.split.registry import Kind
 from onnxsplit.stabilize import Stabilizer, get_stabilizer
 
@@ -47,11 +49,101 @@ class Recentering:
     neg_in: gs.Tensor
     pos_out: gs.Tensor
     neg_out: gs.Tensor
+    source: gs.Tensor | None = None  # seeded: the original tensor the outputs are made from
+
+    def inputs(self) -> tuple[str, ...]:
+        names = (self.pos_in.name, self.neg_in.name)
+        return names if self.source is None else (*names, self.source.name)
+
+    def outputs(self) -> tuple[str, str]:
+        return (self.pos_out.name, self.neg_out.name)
+
+    def adjoint(self, fn) -> SubgraphAdjoint:
+        """An override of this re-centering: fn(bw, (d pos_out, d neg_out)) -> (d pos_in,
+        d neg_in); the source tensor (seeded) gets no adjoint."""
+        if self.source is None:
+            return SubgraphAdjoint(self.inputs(), self.outputs(), fn)
+        return SubgraphAdjoint(
+            self.inputs(), self.outputs(), lambda bw, douts: [*fn(bw, douts), None]
+        )
 
     def override(self) -> SubgraphAdjoint:
-        return SubgraphAdjoint.identity(
-            (self.pos_in.name, self.neg_in.name), (self.pos_out.name, self.neg_out.name)
+        return self.adjoint(lambda bw, douts: list(douts))
+
+
+@dataclass
+class SeededBlock:
+    """A seeded affine layer of the split graph (rules_affine._split_linear_seeded):
+    (p, q, f) -> (p', q') = (m + f / 2, m - f / 2) with m = |W|/2 (p + q) + |b|/2 and f the
+    source graph's output. Its backward pass (`override`) is the Jacobian transpose of the
+    four-term form (W+ p + W- q + b+, W- p + W+ q + b-) in two transposed maps:
+
+        s_p = |W|/2^T (s_p' + s_q') + W/2^T (s_p' - s_q'),
+        s_q = |W|/2^T (s_p' + s_q') - W/2^T (s_p' - s_q').
+
+    This is the gradient, and SplitLRP's ratio form with absorbed biases (the z-rule of a
+    non-negative linear layer with its bias share absorbed is the gradient of s = R / value);
+    `sink` collects the absorbed bias relevance sum(b+ s_p' + b- s_q') per sample."""
+
+    pos_in: gs.Tensor
+    neg_in: gs.Tensor
+    original: gs.Tensor
+    pos_out: gs.Tensor
+    neg_out: gs.Tensor
+    mass: gs.Node
+    total: gs.Tensor
+    half_weight: np.ndarray
+    bias_parts: tuple[np.ndarray, np.ndarray] | None
+
+    def override(self, sink: list | None = None) -> SubgraphAdjoint:
+        def fn(bw: Backward, douts):
+            dp, dq = douts
+            em = bw.em
+            if dp is None and dq is None:
+                return [None, None, None]
+            if dq is None:
+                sigma = delta = dp
+            elif dp is None:
+                sigma, delta = dq, em.neg(dq)
+            else:
+                sigma, delta = em.add(dp, dq), em.sub(dp, dq)
+            a = self._transposed(bw, sigma, None)
+            b = self._transposed(bw, delta, self.half_weight)
+            if sink is not None and self.bias_parts is not None:
+                terms = [
+                    em.mul(d, em.const(part.astype(em.dtype), "bias"))
+                    for d, part in zip((dp, dq), self.bias_parts, strict=True)
+                    if d is not None and np.any(part)
+                ]
+                if terms:
+                    sink.append(lrp._per_sample_sum(bw, em.total(terms), self.pos_out))
+            return [em.add(a, b), em.sub(a, b), None]
+
+        return SubgraphAdjoint(
+            (self.pos_in.name, self.neg_in.name, self.original.name),
+            (self.pos_out.name, self.neg_out.name),
+            fn,
         )
+
+    def _transposed(self, bw: Backward, grad: gs.Tensor, weight: np.ndarray | None):
+        """The adjoint of the |W|/2 map (weight None) or of the same map with `weight`."""
+        node = self.mass
+        needs = [t is self.total for t in node.inputs]
+        data = needs.index(True)
+        if weight is None:
+            return bw.run_rule(node.op, node, [grad], needs)[data]
+        inputs = [
+            t if i == data else bw.em.const(weight, "w", weight.dtype)
+            for i, t in enumerate(node.inputs[:2])
+        ]
+        out = node.outputs[0]
+        like = gs.Variable(out.name + "__signed", dtype=out.dtype, shape=out.shape)
+        fake = gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=[like])
+        try:
+            return bw.run_rule(node.op, fake, [grad], needs[:2])[data]
+        finally:
+            fake.inputs.clear()
+            fake.outputs.clear()
 
 
 @dataclass
@@ -65,9 +157,15 @@ class MergedSplit:
     streams: dict[str, tuple[gs.Tensor, gs.Tensor]] = field(default_factory=dict)
     recenterings: list[Recentering] = field(default_factory=list)
     ratio_overrides: list | None = None  # SplitLRP's re-centering adjoints, built once
+    blocks: list[SeededBlock] = field(default_factory=list)
 
     def overrides(self) -> list[SubgraphAdjoint]:
+        """The re-centerings as identities (add `block_overrides` for a backward pass)."""
         return [r.override() for r in self.recenterings]
+
+    def block_overrides(self, sink: list | None = None) -> list[SubgraphAdjoint]:
+        """The backward passes of the seeded affine layers (none unless built `seeded`)."""
+        return [b.override(sink) for b in self.blocks]
 
 
 def find_recenterings(nodes) -> list[Recentering]:
@@ -111,6 +209,27 @@ def can_start_at(
     return head_start_problem(canonical, stabilizer_for(mode), layer, data, logits) is None
 
 
+def build_split(
+    canonical: Canonical,
+    data: gs.Tensor,
+    logits: gs.Tensor,
+    layers: tuple[str, ...],
+    mode: str = "normalized",
+    start: str | None = None,
+    seeded: bool = False,
+) -> SplitGraph:
+    """The split graph that `merge_split_graph` merges (compiled from canonical.graph)."""
+    return split_graph(
+        canonical,
+        stabilizer_for(mode),
+        input_name=data.name,
+        output_name=logits.name,
+        expose=() if start is not None else tuple(layers),
+        start=start,
+        seeded=seeded,
+    )
+
+
 def merge_split_graph(
     graph: gs.Graph,
     canonical: Canonical,
@@ -120,6 +239,8 @@ def merge_split_graph(
     mode: str = "normalized",
     start: str | None = None,
     prefix: str | None = None,
+    seeded: bool = False,
+    split: SplitGraph | None = None,
 ) -> MergedSplit:
     """Build the split graph of `canonical` exposing `layers` and add its nodes to `graph`.
 
@@ -130,34 +251,36 @@ def merge_split_graph(
     start: split only the graph after the original tensor `start`, seeded with
     (relu(A), relu(-A)) (prefix 'splithead/'; `can_start_at` tells whether it may). Its input
     streams x_pos, x_neg are then the streams at `start`, which is the only layer exposed.
+    seeded: affine layers read the original graph's outputs (one map per layer instead of
+    four); their backward passes must then be replaced by `MergedSplit.block_overrides()`.
+    split: the result of `build_split` with the same arguments, when several split graphs are
+    merged into one graph (build them all before merging any: the compiler reads the graph).
     """
     prefix = prefix or (PREFIX if start is None else HEAD_PREFIX)
-    split = split_graph(
-        canonical,
-        stabilizer_for(mode),
-        input_name=data.name,
-        output_name=logits.name,
-        expose=() if start is not None else tuple(layers),
-        start=start,
-    )
+    if split is None:
+        split = build_split(canonical, data, logits, layers, mode, start, seeded)
     sg = _with_shapes(split.graph, canonical.opset)
-    source_input = sg.inputs[0]
-    reads = data if start is None else graph.tensors()[start]
+    source = graph.tensors()
+    reads = {id(t): source[t.name] for t in sg.inputs[1:]}
+    reads[id(sg.inputs[0])] = data if start is None else source[start]
     outputs = {t.name: t for t in sg.outputs}
     for tensor in sg.tensors().values():
-        if tensor is not source_input:
+        if id(tensor) not in reads:
             tensor.name = prefix + tensor.name
     for node in sg.nodes:
         node.name = prefix + (node.name or node.op)
         for i, tensor in enumerate(node.inputs):
-            if tensor is source_input:
-                node.inputs[i] = reads
+            if id(tensor) in reads:
+                node.inputs[i] = reads[id(tensor)]
     graph.nodes.extend(sg.nodes)
     tensors = sg.tensors()
     recenterings = [
-        Recentering(*(tensors[prefix + n] for n in names))
+        Recentering(
+            *(tensors[prefix + n] for n in names[:4]),
+            None if names[4] is None else source[names[4]],
+        )
         for names in split.recentered
-        if all(prefix + n in tensors for n in names)
+        if all(prefix + n in tensors for n in names[:4])
     ]
     if len(recenterings) != len(split.recentered):  # a name lost: fall back to the structure
         recenterings = find_recenterings(sg.nodes)
@@ -169,6 +292,21 @@ def merge_split_graph(
         tensors.get(prefix + X_NEG),
         recenterings=recenterings,
     )
+    nodes = {n.name: n for n in sg.nodes}
+    for b in split.blocks:
+        merged.blocks.append(
+            SeededBlock(
+                tensors[prefix + b.pos_in],
+                tensors[prefix + b.neg_in],
+                source[b.original],
+                tensors[prefix + b.pos_out],
+                tensors[prefix + b.neg_out],
+                nodes[prefix + b.mass_node],
+                tensors[prefix + b.total],
+                b.half_weight,
+                b.bias_parts,
+            )
+        )
     if start is not None:
         for layer in layers:
             if layer != start:

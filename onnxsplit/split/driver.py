@@ -56,9 +56,12 @@ class SplitGraph:
     output_name: str
     exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
     rule_counts: Counter = field(default_factory=Counter)
-    # every re-centering: (pos in, neg in, pos out, neg out) tensor names; a backward pass that
-    # treats the removed common part as a constant passes adjoints straight through these
-    recentered: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # every re-centering: (pos in, neg in, pos out, neg out, source) tensor names; a backward
+    # pass that treats the removed common part as a constant passes adjoints straight through
+    # these; source: the source graph's tensor the streams were re-centered from (seeded), or None
+    recentered: list[tuple[str, str, str, str, str | None]] = field(default_factory=list)
+    # seeded affine layers (rules_affine.AffineBlock), whose backward pass is an override
+    blocks: list = field(default_factory=list)
 
 
 def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
@@ -158,12 +161,16 @@ def split_graph(
     expose: tuple[str, ...] = (),
     fast: bool = False,
     start: str | None = None,
+    seeded: bool = False,
 ) -> SplitGraph:
     """Build the split graph of `canonical`. Outputs: logits, g, h (+ exposed streams).
 
     start: split only the part of the graph after the tensor `start` (see `head_start_ok`):
     the split graph's input is that tensor A, seeded as the minimal pair (relu(A), relu(-A)),
     which is what the full split graph holds there when its stabilizer re-centers at `start`.
+    seeded: the graph will run beside `canonical` and may read its tensors (extra inputs of the
+    split graph, after the data input): affine layers take W (p - q) + b from the source and
+    map only the mass p + q (one convolution per layer; SplitGraph.blocks lists them).
     """
     source = canonical.graph
     data_input = choose_input(canonical, input_name)
@@ -188,7 +195,8 @@ def split_graph(
     graph = gs.Graph(opset=canonical.opset, name="onnxsplit")
     dtype = np.dtype(data_input.dtype)
     # the fast form relies on minimal pairs, which only a re-centering stabilizer maintains
-    em = Emitter(graph, canonical.opset, dtype, fast=fast and bool(stabilizer.recenter_kinds))
+    stable = bool(stabilizer.recenter_kinds)
+    em = Emitter(graph, canonical.opset, dtype, fast=fast and stable, seeded=seeded and stable)
     x = gs.Variable(seed.name, dtype=seed.dtype or data_input.dtype, shape=seed.shape)
     graph.inputs = [x]
     em.scope = "input"
@@ -226,9 +234,10 @@ def split_graph(
                 and stabilizer.wants(rule.kind, split_inputs)
             ):
                 em.scope = f"{node.name or node.op}/recenter"
-                stable = stabilizer.apply(em, value)
+                stable = stabilizer.apply(em, value, tensor)
+                seeded_from = tensor.name if stable.difference.name == tensor.name else None
                 result.recentered.append(
-                    (value.pos.name, value.neg.name, stable.pos.name, stable.neg.name)
+                    (value.pos.name, value.neg.name, stable.pos.name, stable.neg.name, seeded_from)
                 )
                 value = stable
             values[tensor.name] = value
@@ -242,7 +251,18 @@ def split_graph(
     for tensor, name in ((logits, "logits"), (g, "g"), (h, "h")):
         tensor.name, tensor.dtype, tensor.shape = name, dtype, output.shape
     graph.outputs = [logits, g, h, *exposed_outputs]
+    if em.seeded:  # seeded re-centerings read the source: keep the streams they re-center
+        kept = {t.name for t in graph.outputs}
+        for pos_in, neg_in, *_ in result.recentered:
+            for name in (pos_in, neg_in):
+                tensor = graph.tensors().get(name)
+                if tensor is not None and name not in kept:
+                    kept.add(name)
+                    tensor.dtype = tensor.dtype or dtype
+                    graph.outputs.append(tensor)
+    graph.inputs = [x, *em.originals.values()]
     graph.cleanup().toposort()
+    result.blocks = list(em.blocks)
     return result
 
 

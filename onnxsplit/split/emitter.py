@@ -15,11 +15,24 @@ Operand = gs.Tensor | np.ndarray | float
 class Emitter:
     """Owns the graph being built; every emitted node and constant gets a unique name."""
 
-    def __init__(self, graph: gs.Graph, opset: int, dtype: np.dtype, fast: bool = False):
+    def __init__(
+        self,
+        graph: gs.Graph,
+        opset: int,
+        dtype: np.dtype,
+        fast: bool = False,
+        seeded: bool = False,
+    ):
         self.graph = graph
         # fast: affine layers on minimal pairs use the difference/mass form (two convolutions
         # instead of four); the streams are the same numbers up to rounding
         self.fast = fast
+        # seeded: the split graph will run beside its source graph, whose tensors it may read
+        # (`original`): affine layers take W (p - q) + b from there and only map the mass
+        # p + q (rules_affine._split_linear_seeded); each such layer is recorded in `blocks`
+        self.seeded = seeded
+        self.blocks: list = []
+        self.originals: dict[str, gs.Variable] = {}
         self.opset = opset
         self.dtype = np.dtype(dtype)
         self._counter = 0
@@ -32,6 +45,14 @@ class Emitter:
     def const(self, array: np.ndarray | float, hint: str = "c", dtype=None) -> gs.Constant:
         value = np.asarray(array, dtype=dtype or self.dtype)
         return gs.Constant(self.name(hint), value)
+
+    def original(self, tensor: gs.Tensor) -> gs.Variable:
+        """A placeholder for the source graph's tensor (an extra input of the split graph)."""
+        if tensor.name not in self.originals:
+            self.originals[tensor.name] = gs.Variable(
+                tensor.name, dtype=tensor.dtype or self.dtype, shape=tensor.shape
+            )
+        return self.originals[tensor.name]
 
     def _operand(self, value: Operand) -> gs.Tensor:
         if isinstance(value, gs.Tensor):

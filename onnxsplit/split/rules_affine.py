@@ -8,6 +8,7 @@ so z+ - z- = W (a+ - a-) + b, and every coefficient applied to a stream is non-n
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -20,9 +21,19 @@ Apply = Callable[[gs.Variable, np.ndarray], gs.Variable]
 
 
 def split_linear(
-    em: Emitter, pair: Pair, weight: np.ndarray, apply: Apply, bias: np.ndarray | None = None
+    em: Emitter,
+    pair: Pair,
+    weight: np.ndarray,
+    apply: Apply,
+    bias: np.ndarray | None = None,
+    original: gs.Tensor | None = None,
 ) -> Pair:
-    """Apply the linear map `apply(., W)` to a pair, with W split by sign, then add the bias."""
+    """Apply the linear map `apply(., W)` to a pair, with W split by sign, then add the bias.
+
+    original: the node's output in the source graph (= W (p - q) + b), given by rules that
+    compute a whole node; with `em.seeded` it replaces the convolution of the difference."""
+    if em.seeded and original is not None:
+        return _split_linear_seeded(em, pair, weight, apply, bias, original)
     if em.fast and pair.difference is not None:
         return _split_linear_minimal(em, pair.difference, weight, apply, bias)
     w_pos, w_neg = positive_part(weight), negative_part(weight)
@@ -62,6 +73,66 @@ def _split_linear_minimal(
     return Pair(em.mul(em.add(mass, output), half), em.mul(em.sub(mass, output), half))
 
 
+def _split_linear_seeded(
+    em: Emitter,
+    pair: Pair,
+    weight: np.ndarray,
+    apply: Apply,
+    bias: np.ndarray | None,
+    original: gs.Tensor,
+) -> Pair:
+    """The streams from the mass of the pair and the source graph's output f = W (p - q) + b:
+
+    W+ p + W- q + b+ = (|W| (p + q) + |b| + f) / 2,   W- p + W+ q + b- = (|W| (p + q) + |b| - f) / 2
+
+    (W+ = (|W| + W) / 2, W- = (|W| - W) / 2; any pair, minimal or not). One map with |W| / 2
+    per layer; the backward pass of the block (p, q, f) -> (p', q') is an override
+    (`em.blocks`, onnxsplit.attribution.splitgraph) with two transposed maps, |W|^T and W^T.
+    """
+    half = np.asarray(0.5, em.dtype)
+    total = em.add(pair.pos, pair.neg)
+    mass = apply(total, (np.abs(weight) * half).astype(weight.dtype))
+    node = mass.inputs[0]
+    if bias is not None:
+        half_bias = (np.abs(bias) * half).astype(bias.dtype)
+        if node.op == "Conv" and len(node.inputs) == 2:  # the Conv's own bias input
+            node.inputs.append(em.const(half_bias.reshape(-1), "b"))
+        else:
+            mass = em.plus_const(mass, half_bias)
+    half_f = em.mul(em.original(original), half)
+    pos, neg = em.add(mass, half_f), em.sub(mass, half_f)
+    em.blocks.append(
+        AffineBlock(
+            pair.pos.name,
+            pair.neg.name,
+            original.name,
+            pos.name,
+            neg.name,
+            node.name,
+            total.name,
+            (weight * half).astype(weight.dtype),
+            None if bias is None else (positive_part(bias), negative_part(bias)),
+        )
+    )
+    return Pair(pos, neg)
+
+
+@dataclass(frozen=True)
+class AffineBlock:
+    """A seeded affine layer (p, q, f) -> (p', q'): tensor names, the name of its |W|/2 node
+    (reading `total` = p + q), W / 2, and (b+, b-) for the absorbed bias shares."""
+
+    pos_in: str
+    neg_in: str
+    original: str
+    pos_out: str
+    neg_out: str
+    mass_node: str
+    total: str
+    half_weight: np.ndarray
+    bias_parts: tuple[np.ndarray, np.ndarray] | None
+
+
 def scale_pair(em: Emitter, pair: Pair, factor: np.ndarray) -> Pair:
     """Elementwise multiplication of a pair by a constant of any sign (with broadcasting)."""
     factor = np.asarray(factor, dtype=em.dtype)
@@ -93,7 +164,16 @@ def conv(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
     if bias is not None:
         bias = bias.reshape(-1, *([1] * (weight.ndim - 2)))  # broadcast over [N, O, *spatial]
     attrs = dict(node.attrs)
-    return [split_linear(em, inputs[0], weight, lambda x, w: em.one("Conv", [x, w], attrs), bias)]
+    return [
+        split_linear(
+            em,
+            inputs[0],
+            weight,
+            lambda x, w: em.one("Conv", [x, w], attrs),
+            bias,
+            original=node.outputs[0],
+        )
+    ]
 
 
 # Gemm / MatMul ----------------------------------------------------------------------
@@ -119,11 +199,12 @@ def gemm(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
     if isinstance(inputs[0], Pair):
         data = transpose_pair(em, inputs[0]) if trans_a else inputs[0]
         weight = inputs[1].value.T if trans_b else inputs[1].value
-        out = split_linear(em, data, alpha * weight, lambda x, w: em.one("MatMul", [x, w]), bias)
+        apply = lambda x, w: em.one("MatMul", [x, w])  # noqa: E731
     else:
         data = transpose_pair(em, inputs[1]) if trans_b else inputs[1]
         weight = inputs[0].value.T if trans_a else inputs[0].value
-        out = split_linear(em, data, alpha * weight, lambda x, w: em.one("MatMul", [w, x]), bias)
+        apply = lambda x, w: em.one("MatMul", [w, x])  # noqa: E731
+    out = split_linear(em, data, alpha * weight, apply, bias, original=node.outputs[0])
     return [out]
 
 
@@ -141,11 +222,12 @@ def transpose_pair(em: Emitter, pair: Pair) -> Pair:
     summary="activation @ constant or constant @ activation, the constant split by sign",
 )
 def matmul(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    original = node.outputs[0]
     if isinstance(inputs[0], Pair):
         apply = lambda x, w: em.one("MatMul", [x, w])  # noqa: E731
-        return [split_linear(em, inputs[0], inputs[1].value, apply)]
+        return [split_linear(em, inputs[0], inputs[1].value, apply, original=original)]
     apply = lambda x, w: em.one("MatMul", [w, x])  # noqa: E731
-    return [split_linear(em, inputs[1], inputs[0].value, apply)]
+    return [split_linear(em, inputs[1], inputs[0].value, apply, original=original)]
 
 
 # BatchNormalization (when nothing precedes it to fold into) -----------------------------
