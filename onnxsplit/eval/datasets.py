@@ -12,6 +12,10 @@ Built-in names:
   split of :func:`onnxsplit.zoo.digits.load_digits_split`), target = the true digit, mask = the
   ink (pixel > 0). The digit models take a fixed 8×8 input (Flatten + Gemm head), so grids of
   digits cannot be fed to them.
+* ``digits-grid``: the digit-grid pointing game for 16×16 models (those of ``onnxsplit train
+  --data digits-grid``): 2×2 grids of four held-out test digits of four distinct classes (the
+  grids of :func:`onnxsplit.train.pointing.build_digit_grids`, drawn with ``seed``), one sample
+  per tile, target = the true class of the tile, mask = the tile (8×8).
 * a folder ``DIR`` laid out as::
 
       DIR/images/<name>.png|jpg|jpeg   the images (any size; RGB, gray is stacked)
@@ -35,7 +39,8 @@ import numpy as np
 
 from onnxsplit.errors import OnnxSplitError
 
-BUILTIN = ("grid2", "grid3", "quokka", "digits")
+BUILTIN = ("grid2", "grid3", "quokka", "digits", "digits-grid")
+DIGIT_GRIDS = 100  # grids of the digits-grid dataset without a limit (400 samples)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -67,6 +72,8 @@ def load_dataset(
         return _quokka()[: limit if limit is not None else None]
     if text == "digits":
         return _digits(limit)
+    if text == "digits-grid":
+        return _digit_grids(input_size, seed, limit)
     path = Path(spec)
     if path.is_dir():
         return load_folder(path, seed=seed, limit=limit)
@@ -117,6 +124,30 @@ def _digits(limit: int | None) -> list[Sample]:
             Sample(np.stack([gray] * 3, axis=-1), pixels > 0, int(digits.target[i]), f"digit{i}")
         )
     return samples
+
+
+def _digit_grids(size: tuple[int, int], seed: int, limit: int | None) -> list[Sample]:
+    from onnxsplit.train.data import load_digits_dataset
+    from onnxsplit.train.pointing import TILE, build_digit_grids, tile_masks
+
+    if tuple(size) != (2 * TILE, 2 * TILE):
+        raise OnnxSplitError(
+            f"digits-grid needs a model with a {2 * TILE}x{2 * TILE} input (train one with "
+            f"`onnxsplit train --data digits-grid`), this one takes {size[0]}x{size[1]}"
+        )
+    digits = load_digits_dataset()
+    n_grids = DIGIT_GRIDS if limit is None else max(1, math.ceil(limit / 4))
+    images, classes = build_digit_grids(digits.x_test, digits.y_test, n_grids, seed=seed)
+    masks = tile_masks()
+    samples = []
+    for g, (image, tiles) in enumerate(zip(images, classes, strict=True)):
+        # pixel / 16 back to the 0..255 encoding of the sample digit PNGs (the digits preset
+        # reads it back exactly: / 256, rounded to 1/16)
+        gray = np.minimum(np.rint(image[0] * 256.0), 255).astype(np.uint8)
+        rgb = np.stack([gray] * 3, axis=-1)
+        for t, target in enumerate(tiles):
+            samples.append(Sample(rgb, masks[t], int(target), f"dgrid{g}_t{t}"))
+    return samples[:limit] if limit is not None else samples
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -141,7 +141,9 @@ def evaluate(
 ) -> EvaluationResult:
     """Score `methods` (names from METHODS, map variants like 'splitcam_pos', or the controls
     'random' / '<method>@other') with `metrics` (names, categories, 'default' or 'all'; see
-    onnxsplit.eval.metrics) on dataset `data` (grid2, grid3, quokka, digits or a folder)."""
+    onnxsplit.eval.metrics) on dataset `data` (grid2, grid3, quokka, digits, digits-grid or a
+    folder). A model trained by `onnxsplit train --kind dc` also has its own maps as methods
+    (self, self_g, self_h, selfcam, selfcam_g, selfcam_h; onnxsplit.eval.onnxmodel)."""
     import onnx
 
     from onnxsplit.explain.runner import cache_root
@@ -153,6 +155,8 @@ def evaluate(
         check_method(method)
     metric_names = resolve_metrics(metrics)
     specs = metric_specs()
+    if preprocess is None and str(data) in ("digits", "digits-grid"):
+        preprocess = "digits"
     resolved = resolve_model(model, preprocess)
     proto = onnx.load(str(resolved.path))
     runtime = CompiledModels(
@@ -180,7 +184,7 @@ def evaluate(
             for t, p in zip((smp.target for smp in samples), logits, strict=True)
         ]
     )
-    notes = _target_notes(logits, y, str(data).startswith("grid"))
+    notes = _target_notes(logits, y, str(data).startswith("grid") or str(data) == "digits-grid")
     ctx = MetricContext(
         info.channels,
         info.height,
@@ -191,7 +195,13 @@ def evaluate(
         nr_runs=nr_runs,
         nr_samples=nr_samples,
         mprt_stages=mprt_stages,
+        logit_scale=float(np.std(logits)) or 1.0,
     )
+    if any(name.endswith("_norm") for name in metric_names):
+        notes.append(
+            f"logit spread σ (standard deviation of the outputs over the samples) = "
+            f"{ctx.logit_scale:.4g}: the unit of the *_norm metrics"
+        )
     chosen = []
     for name in metric_names:
         spec = specs[name]

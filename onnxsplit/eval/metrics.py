@@ -84,6 +84,7 @@ class MetricContext:
     nr_runs: int = 20  # random subsets of FaithfulnessCorrelation
     nr_samples: int = 3  # perturbed inputs per sample of the robustness metrics
     mprt_stages: int = 3  # cascading randomisation steps, from the top
+    logit_scale: float = 1.0  # σ of the model's outputs over the samples (the *_norm metrics)
 
     @property
     def pixels(self) -> int:
@@ -161,6 +162,29 @@ def _metrics() -> dict[str, MetricSpec]:
             total = a_batch.reshape(n, -1).astype(np.float64).sum(axis=1)
             return (np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)).tolist()
 
+    def normalised(base, kind: str, scale: float):
+        """``base`` (PixelFlipping or RegionPerturbation) on the scale of the model's logits:
+        region perturbation curve / σ, pixel flipping (curve − f_k(x)) / σ, where σ is the
+        standard deviation of the model's outputs over the evaluated samples (all classes;
+        MetricContext.logit_scale). Comparable across models whose logits have other scales."""
+
+        class Normalised(base):
+            def evaluate_batch(self, model, x_batch, y_batch, a_batch, **kwargs):
+                curves = np.asarray(
+                    super().evaluate_batch(model, x_batch, y_batch, a_batch, **kwargs),
+                    dtype=np.float64,
+                )
+                if kind == "flip":
+                    x_in = model.shape_input(
+                        x_batch, x_batch.shape, channel_first=True, batched=True
+                    )
+                    y = model.predict(x_in)[np.arange(x_batch.shape[0]), y_batch]
+                    curves = curves - np.asarray(y, np.float64)[:, None]
+                return (curves / scale).tolist()
+
+        Normalised.__name__ = f"{base.__name__}Normalised"
+        return Normalised
+
     class TolerantInputInvariance(quantus.InputInvariance):
         """Quantus' InputInvariance, maps compared with atol 1e-2 (after max-normalisation)."""
 
@@ -209,6 +233,36 @@ def _metrics() -> dict[str, MetricSpec]:
             "RegionPerturbation (MoRF): mean drop of the class logit while the most relevant "
             "patches are blacked out (AOPC; higher is better)",
             reduce=_curve_mean,
+        ),
+        MetricSpec(
+            "pixel_flipping_norm",
+            "faithfulness",
+            False,
+            lambda c: normalised(quantus.PixelFlipping, "flip", c.logit_scale)(
+                features_in_step=c.flip_step,
+                perturb_baseline="black",
+                **common,
+            ),
+            "PixelFlipping in units of the model's logit spread σ (the standard deviation of "
+            "its outputs over the samples): mean of (f_k(x_t) − f_k(x)) / σ while the most "
+            "relevant pixels are set to black in `steps` steps (lower is better)",
+            reduce=_curve_mean,
+            quantus=False,
+        ),
+        MetricSpec(
+            "region_perturbation_norm",
+            "faithfulness",
+            True,
+            lambda c: normalised(quantus.RegionPerturbation, "region", c.logit_scale)(
+                patch_size=c.patch,
+                regions_evaluation=c.steps,
+                perturb_baseline="black",
+                **common,
+            ),
+            "RegionPerturbation (MoRF) in units of the model's logit spread σ: AOPC / σ "
+            "(higher is better)",
+            reduce=_curve_mean,
+            quantus=False,
         ),
         MetricSpec(
             "selectivity",
@@ -412,6 +466,9 @@ METRIC_NAMES = (
     "completeness_gap",
     "input_invariance",
     "non_sensitivity",
+    # appended (not in the default set): the per-metric seeds of the others stay the same
+    "pixel_flipping_norm",
+    "region_perturbation_norm",
 )
 # the default set: two or more per category, affordable on a 224 px model on a CPU
 DEFAULT_METRICS = (
@@ -466,6 +523,7 @@ def _category_of() -> dict[str, str]:
         **dict.fromkeys(METRIC_NAMES[12:14], "complexity"),
         **dict.fromkeys(METRIC_NAMES[14:16], "randomisation"),
         **dict.fromkeys(METRIC_NAMES[16:20], "axiomatic"),
+        **dict.fromkeys(METRIC_NAMES[20:22], "faithfulness"),
     }
 
 

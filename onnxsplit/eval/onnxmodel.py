@@ -11,6 +11,12 @@ tests) is recompiled and explained by its own compiled graph.
 :class:`CompiledModels` holds the onnxruntime sessions: compiled models of the original weights
 are cached on disk by content hash (``<cache>/eval/``), those of modified weights only in memory.
 
+A model trained by ``onnxsplit train --kind dc`` (metadata onnxsplit.kind = "dc-trained") is
+also explained by its own branches: the method ``self`` compiles
+:func:`onnxsplit.train.explain_trained` and its maps are the methods ``self`` (g - h, gradient x
+input), ``self_g``, ``self_h``, ``selfcam`` (class activation map of g - h), ``selfcam_g`` and
+``selfcam_h`` (:data:`SELF_MAPS`).
+
 Pseudo methods for controls: ``random`` (seeded uniform noise, a map that knows nothing) and
 ``<method>@other`` (the map of ``<method>`` for another class than the one asked for).
 """
@@ -40,21 +46,31 @@ def model_hash(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString()).hexdigest()[:20]
 
 
+# the own maps of a DC-trained model (onnxsplit.train.explain_trained), all read from the one
+# compiled model "self"; the selfcam maps exist for models with a global pooling (the CNN)
+SELF_MAPS = ("self", "self_g", "self_h", "selfcam", "selfcam_g", "selfcam_h")
+
+
 def base_method(name: str) -> tuple[str, str]:
     """(method compiled by attach_methods, graph output read) for a method name.
 
     ``splitcam`` reads ``map_splitcam``; ``splitcam_pos`` compiles ``splitcam`` and reads
     ``map_splitcam_pos`` (any ``<method>_<suffix>`` output of a method in METHODS works).
+    The self maps of a DC-trained model (:data:`SELF_MAPS`) compile ``self`` (its
+    ``explain_trained`` model) and read ``map_<name>``.
     """
     from onnxsplit.attribution.methods import METHODS
 
+    if name in SELF_MAPS:
+        return "self", f"map_{name}"
     if name in METHODS:
         return name, f"map_{name}"
     owners = [m for m in METHODS if name.startswith(m + "_")]
     if not owners:
         raise OnnxSplitError(
             f"unknown method '{name}'; choose from {', '.join(METHODS)}, 'random', "
-            "'<method>_<output suffix>' or '<method>@other'"
+            "'<method>_<output suffix>', '<method>@other' or, for a model trained by "
+            f"`onnxsplit train --kind dc`, its own maps {', '.join(SELF_MAPS)}"
         )
     return max(owners, key=len), f"map_{name}"
 
@@ -166,7 +182,17 @@ class CompiledModels:
             if path.is_file():
                 return path.read_bytes()
         self.compiles += 1
-        data = attach_methods(model, [method], self.target_layer).SerializeToString()
+        if method == "self":  # a DC-trained model's own maps
+            from onnxsplit.train.explain import explain_trained
+
+            data = explain_trained(model).SerializeToString()
+        else:
+            # several outputs (a DC-trained model: logits, g, h): explain the first, which is
+            # the one the classifier reads (model_info)
+            output = model.graph.output[0].name if len(model.graph.output) > 1 else None
+            data = attach_methods(
+                model, [method], self.target_layer, output_name=output
+            ).SerializeToString()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{zlib.crc32(data)}")

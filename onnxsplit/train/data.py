@@ -6,6 +6,11 @@ No torch here: the arrays are numpy.
 * ``"digits"``: :func:`onnxsplit.zoo.digits.load_digits_split` semantics (``pixel / 16``, 8x8,
   a fixed seeded permutation, the first 20 % of it is the test set). Re-implemented here so that
   this module does not import torch at module level.
+* ``"digits-grid"``: 2x2 grids (16x16) of four digits of four distinct classes, a multi-label
+  task (``y`` is multi-hot float32 ``[N, 10]``): 3000 training grids drawn from the training
+  digits, 500 test grids from the test digits (:func:`load_digit_grid_dataset`). A network
+  trained on it sees the grid pointing game of ``onnxsplit evaluate --data digits-grid`` in
+  its own domain.
 * a folder ``FOLDER/<class_name>/*.png`` (also .jpg/.jpeg/.bmp/.gif): classes are the
   sub-folder names in sorted order; images are read with PIL, converted to grayscale ("L")
   unless any image has colour (then "RGB"), resized (bilinear) to the size of the most common
@@ -28,6 +33,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 @dataclass
 class Dataset:
+    """Images ``[N, C, H, W]`` float32 in [0, 1]; labels int64 ``[N]`` (one class each) or, for
+    a multi-label task, multi-hot float32 ``[N, classes]``."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -39,6 +47,10 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def multilabel(self) -> bool:
+        return self.y_train.ndim == 2
 
 
 def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
@@ -63,6 +75,36 @@ def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         classes=[str(i) for i in range(10)],
         name="digits",
         preprocess="float32 [N, 1, 8, 8] = sklearn digits pixel / 16 (range [0, 1])",
+    )
+
+
+GRID_TRAIN, GRID_TEST = 3000, 500
+
+
+def load_digit_grid_dataset(n_train: int = GRID_TRAIN, n_test: int = GRID_TEST) -> Dataset:
+    """16x16 grids of four 8x8 digits with four distinct classes (row-major tiles), multi-hot
+    labels. Training grids use only training digits (draw seed 1), test grids only test
+    digits (draw seed 2), so the held-out digits stay held out."""
+    from onnxsplit.train.pointing import build_digit_grids
+
+    digits = load_digits_dataset()
+    parts = []
+    for x, y, n, seed in (
+        (digits.x_train, digits.y_train, n_train, 1),
+        (digits.x_test, digits.y_test, n_test, 2),
+    ):
+        images, classes = build_digit_grids(x, y, n, seed=seed)
+        hot = np.zeros((n, len(digits.classes)), np.float32)
+        np.put_along_axis(hot, classes, 1.0, axis=1)
+        parts += [images, hot]
+    return Dataset(
+        *parts,
+        classes=digits.classes,
+        name="digits-grid",
+        preprocess=(
+            "float32 [N, 1, 16, 16]: a 2x2 grid of sklearn digits, pixel / 16 (range [0, 1]); "
+            "multi-label (sigmoid per class)"
+        ),
     )
 
 
@@ -142,8 +184,11 @@ def _has_colour(image) -> bool:
 
 
 def load_dataset(data: str | Path, seed: int = 0) -> Dataset:
-    """``"digits"`` or an image folder; ``seed`` draws the train/test split (training uses a
-    fixed split seed 0, so that models trained with different seeds share one test set)."""
+    """``"digits"``, ``"digits-grid"`` or an image folder; ``seed`` draws the train/test split
+    (training uses a fixed split seed 0, so that models trained with different seeds share one
+    test set; the grids have fixed draws)."""
     if str(data) == "digits":
         return load_digits_dataset(seed)
+    if str(data) == "digits-grid":
+        return load_digit_grid_dataset()
     return load_folder_dataset(data, seed)

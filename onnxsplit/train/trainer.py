@@ -7,7 +7,9 @@ deterministic given ``seed`` (``torch.manual_seed`` for the initialisation, a se
 these layers are so small that a second thread only adds synchronisation, and on a busy
 machine two threads were 10-40x slower than one, docs/training.md).
 The data split is fixed (seed 0) so that seeds share one test set. Clamp-parametrised weights
-are projected onto w >= 0 after every step.
+are projected onto w >= 0 after every step. A multi-label data set (``digits-grid``: multi-hot
+labels) is trained with a sigmoid cross entropy per class (``BCEWithLogitsLoss``) instead, and
+its accuracy is the top-m recall: the share of a sample's m classes among its m highest logits.
 
 Export: ``torch.onnx.export(dynamo=False)``, opset 17, dynamic batch, static image size (the
 training size unless ``image_size`` is given: the CNN is fully convolutional). The input is
@@ -59,6 +61,7 @@ X_POS, X_NEG = "x_pos", "x_neg"
 KIND_METADATA = {"dc": "dc-trained", "relu": "relu-trained", "monotone": "monotone-trained"}
 # default epochs: each default run takes well under 2 minutes on 2 CPU cores (docs/training.md)
 DEFAULT_EPOCHS = {"mlp": 60, "cnn": 60}
+DEFAULT_GRID_EPOCHS = 30  # multi-label digit grids: 3000 16x16 grids per epoch
 DEFAULT_LR = {"relu": 1e-2, "dc": 3e-2, "monotone": 3e-2}
 DEFAULT_PARAMETRISATION = "square"
 # the split input is taken around the middle of the [0, 1] pixel range: x+ = relu(x - 0.5),
@@ -85,6 +88,7 @@ class TrainResult:
     center: float
     input_shape: tuple[int, int, int]
     classes: list[str]
+    multilabel: bool = False  # accuracies are top-m recalls (multi-hot labels)
     out: Path | None = None
     history: list[dict] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
@@ -99,16 +103,30 @@ class TrainResult:
         )
 
 
+def correct(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Sum over the samples of: top-1 == label (class labels [N]), or for multi-hot labels
+    [N, K] the share of a sample's m classes among its m highest logits (top-m recall)."""
+    if y.dim() == 1:
+        return float((logits.argmax(1) == y).sum())
+    m = y.sum(1).clamp_min(1)
+    order = logits.argsort(1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(logits.shape[1]).expand_as(order).contiguous())
+    hits = ((ranks < m[:, None]) & (y > 0)).sum(1)
+    return float((hits / m).sum())
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
+    """Top-1 accuracy (class labels) or top-m recall (multi-hot labels), see :func:`correct`."""
     model.eval()
     if len(x) == 0:
         return float("nan")
-    correct = 0
+    total = 0.0
     for i in range(0, len(x), batch_size):
         logits = model(torch.from_numpy(x[i : i + batch_size]))
-        correct += int((logits.argmax(1).numpy() == y[i : i + batch_size]).sum())
-    return correct / len(x)
+        total += correct(logits, torch.from_numpy(y[i : i + batch_size]))
+    return total / len(x)
 
 
 def fit(
@@ -123,19 +141,20 @@ def fit(
 ) -> list[dict]:
     """Train ``model`` in place; return one dict per epoch (loss, train accuracy).
 
-    ``magnitude_penalty`` (dc models): adds ``penalty * mean(g**2 + h**2)`` to the loss."""
+    ``magnitude_penalty`` (dc models): adds ``penalty * mean(g**2 + h**2)`` to the loss.
+    Multi-hot labels ([N, K]) train with a sigmoid cross entropy per class."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = max(1, epochs * ((len(xt) + batch_size - 1) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.BCEWithLogitsLoss() if yt.dim() == 2 else nn.CrossEntropyLoss()
     project(model)
     history = []
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(xt), generator=gen)
-        total, correct, count = 0.0, 0, 0
+        total, hits, count = 0.0, 0.0, 0
         for i in range(0, len(xt), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:  # batch norm needs two samples
@@ -153,12 +172,12 @@ def fit(
             sched.step()
             project(model)
             total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yt[idx]).sum())
+            hits += correct(logits.detach(), yt[idx])
             count += len(idx)
         entry = {
             "epoch": epoch + 1,
             "loss": total / max(count, 1),
-            "running_train_accuracy": correct / max(count, 1),
+            "running_train_accuracy": hits / max(count, 1),
         }
         history.append(entry)
         if progress is not None:
@@ -193,13 +212,15 @@ def train(
     dataset: Dataset | None = None,
 ) -> TrainResult:
     """Train a ``kind`` network (``"dc"``, ``"relu"``, ``"monotone"``) of architecture ``arch``
-    (``"mlp"``, ``"cnn"``) on ``data`` (``"digits"`` or an image folder FOLDER/<class>/*.png)
-    and export it to ONNX at ``out`` (None: do not write; the model is in ``result.onnx``).
+    (``"mlp"``, ``"cnn"``) on ``data`` (``"digits"``, ``"digits-grid"`` or an image folder
+    FOLDER/<class>/*.png) and export it to ONNX at ``out`` (None: do not write; the model is in
+    ``result.onnx``). ``"digits-grid"`` is a multi-label task on 16x16 grids of four digits
+    (see :mod:`onnxsplit.train.data`); the accuracies are then top-4 recalls.
 
-    ``epochs`` None: 60. ``progress`` receives one line per epoch. ``lr`` None: 1e-2 for relu,
-    3e-2 otherwise. ``parametrisation`` of the non-negative weights: "square" (w = v**2),
-    "softplus" or "clamp" (projection). ``center``: the split input is (relu(x - center),
-    relu(center - x)) (dc and monotone kinds; the relu kind sees x).
+    ``epochs`` None: 60 (30 for ``"digits-grid"``). ``progress`` receives one line per epoch.
+    ``lr`` None: 1e-2 for relu, 3e-2 otherwise. ``parametrisation`` of the non-negative
+    weights: "square" (w = v**2), "softplus" or "clamp" (projection). ``center``: the split
+    input is (relu(x - center), relu(center - x)) (dc and monotone kinds; the relu kind sees x).
     ``image_size``: (H, W) of the exported input (CNN only; default the training size).
     ``threads``: torch intra-op threads during training (None: leave torch's setting).
     """
@@ -212,9 +233,8 @@ def train(
             f"unknown parametrisation '{parametrisation}'; choose one of "
             f"{', '.join(PARAMETRISATIONS)}"
         )
-    epochs = DEFAULT_EPOCHS[arch] if epochs is None else int(epochs)
     lr = DEFAULT_LR[kind] if lr is None else float(lr)
-    if epochs < 0:
+    if epochs is not None and int(epochs) < 0:
         raise OnnxSplitError(f"epochs must be >= 0, got {epochs}")
     if image_size is not None and arch != "cnn":
         raise OnnxSplitError("image_size applies to the fully convolutional cnn only")
@@ -222,6 +242,9 @@ def train(
     if out_path is not None and not out_path.parent.exists():
         raise OnnxSplitError(f"output folder '{out_path.parent}' does not exist")
     dataset = dataset if dataset is not None else load_dataset(data)
+    if epochs is None:
+        epochs = DEFAULT_GRID_EPOCHS if dataset.multilabel else DEFAULT_EPOCHS[arch]
+    epochs = int(epochs)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -261,6 +284,7 @@ def train(
         center=center if kind != "relu" else 0.0,
         input_shape=dataset.input_shape,
         classes=list(dataset.classes),
+        multilabel=dataset.multilabel,
         history=history,
         model=model,
     )
@@ -324,6 +348,7 @@ def export_onnx(
                 "center": result.center,
                 "train_accuracy": round(result.train_accuracy, 6),
                 "test_accuracy": round(result.test_accuracy, 6),
+                "task": "multi-label" if result.multilabel else "single-label",
             }
         ),
     }
