@@ -161,7 +161,9 @@ class AttributionContext:
         own rules (SplitLRP's relevance form, unabsorbed biases), so every affine layer is
         emitted in the four-term form; otherwise the seeded form (one map of the mass per
         layer, the product W (p - q) + b read from the original graph) when every request
-        allows it; the backward passes then add `MergedSplit.block_overrides()`."""
+        allows it. A backward pass over the split graph must then use the override lists of
+        MergedSplit.overrides() / ratio_overrides() (which carry the seeded layers' adjoints,
+        `MergedSplit.block_overrides`); with its own rules on affine nodes, pass False."""
         if self.onehot is not None:
             raise RuntimeError("split graphs must be requested before the graph is extended")
         layers = self._split_requests.setdefault(mode, set())
@@ -544,7 +546,7 @@ class SplitCAM(AttributionMethod):
         pos, neg = split.streams[self.layer(ctx)]
         overrides = (
             split.overrides() if self.evidence == "gradient" else ratio_overrides(ctx, split)
-        ) + split.block_overrides()
+        )
         rules = None if self.evidence == "gradient" else lrp.split_ratio_rules()
         evidence = []
         for label, stream in (("g", split.g), ("h", split.h)):
@@ -579,7 +581,8 @@ class SplitCAM(AttributionMethod):
 
 def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[SubgraphAdjoint]:
     """Re-centerings in SplitLRP's ratio form: s_in = s_out * out / in per stream (relevance
-    passes unchanged). The factors are built once per split graph and shared by every pass."""
+    passes unchanged), and the seeded affine layers (split.block_overrides()). The factors are
+    built once per split graph and shared by every pass."""
     if split.ratio_overrides is not None:
         return split.ratio_overrides
     bw = Backward(ctx.graph, ctx.em, ctx.opset)
@@ -589,8 +592,8 @@ def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[Subgrap
         factors = (lrp.safe_ratio(bw, r.pos_out, r.pos_in), lrp.safe_ratio(bw, r.neg_out, r.neg_in))
         result.append(r.adjoint(_scaled_identity(factors)))
     ctx.em.scope = scope
-    split.ratio_overrides = result
-    return result
+    split.ratio_overrides = result + split.block_overrides()
+    return split.ratio_overrides
 
 
 class SplitLRP(AttributionMethod):
@@ -669,7 +672,7 @@ class SplitLRP(AttributionMethod):
         grads = ctx.backward(
             {stream.name: seed},
             [t.name for t in inputs],
-            overrides=overrides + split.block_overrides(sink),
+            overrides=split.with_sink(overrides, sink),
             rules=rules,
             scope=f"{self.name}_{label}",
         )
@@ -747,7 +750,7 @@ class SplitGrad(SplitLRP):
             grads = ctx.backward(
                 {stream.name: ctx.onehot},
                 [t.name for t in inputs],
-                overrides=overrides + split.block_overrides(),
+                overrides=overrides,
                 rules=rules,
                 scope=f"{self.name}_{label}",
             )

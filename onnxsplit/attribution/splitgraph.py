@@ -160,12 +160,22 @@ class MergedSplit:
     blocks: list[SeededBlock] = field(default_factory=list)
 
     def overrides(self) -> list[SubgraphAdjoint]:
-        """The re-centerings as identities (add `block_overrides` for a backward pass)."""
-        return [r.override() for r in self.recenterings]
+        """Every override a backward pass of the split graph needs: the re-centerings as
+        identities and the seeded affine layers (`block_overrides`)."""
+        return [r.override() for r in self.recenterings] + self.block_overrides()
 
     def block_overrides(self, sink: list | None = None) -> list[SubgraphAdjoint]:
         """The backward passes of the seeded affine layers (none unless built `seeded`)."""
         return [b.override(sink) for b in self.blocks]
+
+    def with_sink(self, overrides: list[SubgraphAdjoint], sink: list | None):
+        """`overrides` with the seeded affine layers' entries collecting absorbed bias shares
+        into `sink` (unchanged when sink is None)."""
+        if sink is None or not self.blocks:
+            return overrides
+        outputs = {(b.pos_out.name, b.neg_out.name) for b in self.blocks}
+        kept = [o for o in overrides if tuple(o.outputs) not in outputs]
+        return kept + self.block_overrides(sink)
 
 
 def find_recenterings(nodes) -> list[Recentering]:
