@@ -273,10 +273,13 @@ def split_composite(*, maxout: str = "wta", absorb: bool = True, sink: list | No
 TINY = 1e-30
 
 
-def safe_ratio(bw: Backward, num: gs.Tensor, den: gs.Tensor) -> gs.Variable:
-    """relu(num) / max(den, TINY): the factor out/in of a node that passes relevance whole."""
+def safe_ratio(
+    bw: Backward, num: gs.Tensor, den: gs.Tensor, non_negative: bool = False
+) -> gs.Variable:
+    """relu(num) / max(den, TINY): the factor out/in of a node that passes relevance whole
+    (non_negative: num is known to be >= 0, the Relu is left out)."""
     em = bw.em
-    return em.one("Div", [em.relu(num), em.max(den, bw.scalar(TINY))])
+    return em.one("Div", [num if non_negative else em.relu(num), em.max(den, bw.scalar(TINY))])
 
 
 @dataclass(frozen=True)

@@ -589,7 +589,12 @@ def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[Subgrap
     scope, ctx.em.scope = ctx.em.scope, "split_relevance/recenter"
     result = []
     for r in split.recenterings:
-        factors = (lrp.safe_ratio(bw, r.pos_out, r.pos_in), lrp.safe_ratio(bw, r.neg_out, r.neg_in))
+        # seeded: (relu(A), relu(A) - A) are >= 0 by construction
+        known = r.source is not None
+        factors = (
+            lrp.safe_ratio(bw, r.pos_out, r.pos_in, known),
+            lrp.safe_ratio(bw, r.neg_out, r.neg_in, known),
+        )
         result.append(r.adjoint(_scaled_identity(factors)))
     ctx.em.scope = scope
     split.ratio_overrides = result + split.block_overrides()
