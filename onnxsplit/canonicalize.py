@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import inliner, shape_inference, version_converter
+from onnx import inliner, version_converter
 
+from onnxsplit import skeleton
 from onnxsplit.errors import OnnxSplitError
 
 MIN_OPSET = 13
@@ -104,7 +105,7 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        return skeleton.infer_shapes(model, data_prop=True)
     except Exception:
         return model  # shapes are a convenience; rules that need them say so
 

@@ -77,7 +77,9 @@ def main() -> None:
 def convert(model, output_path, mode, input_name, output_name, expose, force, no_probe, device):
     """Write the split model of MODEL: outputs logits, g and h with logits = g - h."""
     from onnxsplit.convert import convert as run_convert
+    from onnxsplit.memory import return_large_blocks_to_os
 
+    return_large_blocks_to_os()
     result = run_convert(
         model,
         output_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ def convert_model(
         "onnxsplit.source": source,
     }
     emitted = to_model(split.graph, canonical.opset, meta)
-    return ConvertResult(
+    result = ConvertResult(
         model=emitted,
         mode=mode,
         input_name=split.input_name,
@@ -123,6 +124,10 @@ def convert_model(
         folded_batchnorms=canonical.folded_batchnorms,
         exposed=split.exposed,
     )
+    # graphsurgeon graphs are reference cycles (nodes <-> tensors): free their weights now
+    del canonical, split
+    gc.collect()
+    return result
 
 
 def default_output_path(model_path: Path) -> Path:
@@ -154,9 +159,11 @@ def convert(
         expose=expose,
         source=f"{model_path.name} sha256:{file_sha256(model_path)}",
     )
+    data = result.model.SerializeToString()  # once, for the probe and the file
     if probe:
-        result.probe = probe_exactness(model, result, device=device)
-    save_model(result.model, out)
+        result.probe = probe_exactness(model, result, device=device, split_bytes=data)
+    del model
+    save_model(result.model, out, data=data)
     result.path = out
     return result
 
@@ -186,12 +193,15 @@ def probe_exactness(
     device: str = "auto",
     batch: int = 2,
     seed: int = 0,
+    split_bytes: bytes | None = None,
 ) -> dict:
-    """Run original and split model on one seeded random batch; compare the logits."""
+    """Run original and split model on one seeded random batch; compare the logits.
+
+    split_bytes: the split model already serialized (saves a copy of its weights)."""
     shape = probe_input_shape(model, result.input_name, batch)
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     reference = run_original(model, result.input_name, result.output_name, x, device)
-    split = make_session(result.model.SerializeToString(), device)
+    split = make_session(split_bytes or result.model.SerializeToString(), device)
     logits, g, h = split.run(["logits", "g", "h"], {result.input_name: x})
     return {
         "shape": shape,
@@ -211,11 +221,17 @@ def run_original(
     model: onnx.ModelProto, input_name: str, tensor_name: str, x: np.ndarray, device: str = "auto"
 ) -> np.ndarray:
     """Evaluate any tensor of the original model (e.g. the logits before a removed Softmax)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    if tensor_name not in [o.name for o in probe.graph.output]:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor_name))
-    session = make_session(probe.SerializeToString(), device)
+    outputs = model.graph.output
+    added = tensor_name not in [o.name for o in outputs]
+    if added:  # serialized with the extra output, then restored (no copy of the weights)
+        outputs.append(onnx.helper.make_empty_tensor_value_info(tensor_name))
+    try:
+        data = model.SerializeToString()
+    finally:
+        if added:
+            del outputs[-1]
+    session = make_session(data, device)
+    del data
     feeds = {input_name: x}
     for other in session.get_inputs():  # unused extra inputs (checked by the split driver)
         if other.name != input_name:

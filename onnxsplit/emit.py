@@ -6,9 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
+from onnxsplit import skeleton
 from onnxsplit.errors import OnnxSplitError
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -16,7 +19,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def to_model(graph: gs.Graph, opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
     """Export, stamp metadata, and run the full ONNX checker (default domain only)."""
-    model = gs.export_onnx(graph)
+    model = export_lean(graph)
     del model.opset_import[:]
     model.opset_import.append(onnx.helper.make_opsetid("", opset))
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
@@ -28,7 +31,42 @@ def to_model(graph: gs.Graph, opset: int, metadata: dict[str, str]) -> onnx.Mode
     if foreign:
         raise RuntimeError(f"internal error: emitted graph uses non-default domains {foreign}")
     model = _complete_output_shapes(model)
-    onnx.checker.check_model(model, full_check=True)
+    skeleton.check_model(model)
+    return model
+
+
+def export_lean(graph: gs.Graph) -> onnx.ModelProto:
+    """`gs.export_onnx` that copies the large weights one at a time.
+
+    graphsurgeon builds every initializer as a TensorProto first and copies the whole list into
+    the graph (three copies of the weights at once); here the large constants are exported as
+    empty placeholders and their tensors are appended one by one afterwards.
+    """
+    large = {
+        t.name: t
+        for t in graph.tensors().values()
+        if isinstance(t, gs.Constant)
+        and t._export_dtype is None
+        and int(np.prod(t.shape)) > skeleton.SMALL_ELEMENTS
+    }
+    saved = {name: t._values for name, t in large.items()}
+    try:
+        for t in large.values():
+            t._values = np.zeros(0, dtype=t.dtype)
+        model = gs.export_onnx(graph)
+    finally:
+        for name, t in large.items():
+            t._values = saved[name]
+    keep = [t for t in model.graph.initializer if t.name not in large]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for name, values in saved.items():
+        if isinstance(values, gs.ir.tensor.LazyValues):
+            entry = model.graph.initializer.add()
+            entry.CopyFrom(values.tensor)
+            entry.name = name
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(values), name))
     return model
 
 
@@ -36,7 +74,7 @@ def _complete_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give graph outputs whose shape the source model left open an inferred shape."""
     if all(o.type.tensor_type.HasField("shape") for o in model.graph.output):
         return model
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(skeleton.skeleton(model))
     known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
     for output in model.graph.output:
         if not output.type.tensor_type.HasField("shape"):
@@ -100,5 +138,6 @@ def _default_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    write_atomic(model.SerializeToString(), path)
+def save_model(model: onnx.ModelProto, path: Path, data: bytes | None = None) -> None:
+    """Write `model` atomically; `data`: its serialization, when the caller already has it."""
+    write_atomic(model.SerializeToString() if data is None else data, path)
