@@ -36,9 +36,29 @@ class Stabilizer:
         if em.seeded and original is not None:
             difference = em.original(original)
             pos = em.relu(difference)
-            return Pair(pos, em.sub(pos, difference), difference)
+            zero = non_negative_source(original)
+            return Pair(pos, em.sub(pos, difference), difference, zero_neg=zero)
         difference = em.sub(pair.pos, pair.neg)
         return Pair(em.relu(difference), em.relu(em.neg(difference)), difference)
+
+
+def non_negative_source(tensor: gs.Tensor) -> bool:
+    """Whether a source graph's tensor is >= 0 by construction: the output of a Relu or of a
+    Clip with a constant lower bound >= 0 (so relu(-A) = 0 after a seeded re-centering)."""
+    if not tensor.inputs:
+        return False
+    node = tensor.inputs[0]
+    if node.op == "Relu":
+        return True
+    if node.op != "Clip":
+        return False
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        low = node.inputs[1]
+        if not isinstance(low, gs.Constant):
+            return False
+        values = low.values.reshape(-1)
+        return values.size == 1 and float(values[0]) >= 0
+    return float(node.attrs.get("min", float("-inf"))) >= 0
 
 
 STABILIZERS = {

@@ -29,6 +29,7 @@ from onnxsplit.attribution.splitgraph import (
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.emitter import Emitter
+from onnxsplit.stabilize import non_negative_source
 
 RECTIFIERS = ("Relu", "Clip", "LeakyRelu", "PRelu")
 
@@ -591,13 +592,17 @@ def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[Subgrap
     for r in split.recenterings:
         # seeded: (relu(A), relu(A) - A) are >= 0 by construction
         known = r.source is not None
+        # a seeded re-centering of a tensor that is >= 0 in the source (a Relu or ReLU6
+        # output) has neg_out = relu(A) - A = 0: its factor is 0, so no relevance flows back
+        # into the negative stream (None: the nodes that would carry zeros are skipped)
+        zero_neg = known and non_negative_source(r.source)
         factors = (
             lrp.safe_ratio(bw, r.pos_out, r.pos_in, known),
-            lrp.safe_ratio(bw, r.neg_out, r.neg_in, known),
+            None if zero_neg else lrp.safe_ratio(bw, r.neg_out, r.neg_in, known),
         )
         result.append(r.adjoint(_scaled_identity(factors)))
     ctx.em.scope = scope
-    split.ratio_overrides = result + split.block_overrides()
+    split.ratio_overrides = result + split.block_overrides(drop_zero_neg=True)
     return split.ratio_overrides
 
 
@@ -810,7 +815,10 @@ def _scaled_identity(factors):
     """Adjoint of a re-centering in the ratio form: s_in = s_out * out / in, per stream."""
 
     def fn(bw, douts):
-        return [None if d is None else bw.em.mul(d, f) for d, f in zip(douts, factors, strict=True)]
+        return [
+            None if d is None or f is None else bw.em.mul(d, f)
+            for d, f in zip(douts, factors, strict=True)
+        ]
 
     return fn
 

@@ -94,8 +94,12 @@ class SeededBlock:
     total: gs.Tensor
     half_weight: np.ndarray
     bias_parts: tuple[np.ndarray, np.ndarray] | None
+    zero_neg: bool = False  # q = relu(A) - A = 0 by construction (A >= 0 in the source)
 
-    def override(self, sink: list | None = None) -> SubgraphAdjoint:
+    def override(self, sink: list | None = None, drop_zero_neg: bool = False) -> SubgraphAdjoint:
+        """drop_zero_neg: give q no adjoint when it is 0 by construction (SplitLRP's ratio
+        form, where the re-centering that made q multiplies its adjoint by q / q_in = 0)."""
+
         def fn(bw: Backward, douts):
             dp, dq = douts
             em = bw.em
@@ -117,6 +121,8 @@ class SeededBlock:
                 ]
                 if terms:
                     sink.append(lrp._per_sample_sum(bw, em.total(terms), self.pos_out))
+            if drop_zero_neg and self.zero_neg:
+                return [em.add(a, b), None, None]
             return [em.add(a, b), em.sub(a, b), None]
 
         return SubgraphAdjoint(
@@ -164,18 +170,20 @@ class MergedSplit:
         identities and the seeded affine layers (`block_overrides`)."""
         return [r.override() for r in self.recenterings] + self.block_overrides()
 
-    def block_overrides(self, sink: list | None = None) -> list[SubgraphAdjoint]:
+    def block_overrides(
+        self, sink: list | None = None, drop_zero_neg: bool = False
+    ) -> list[SubgraphAdjoint]:
         """The backward passes of the seeded affine layers (none unless built `seeded`)."""
-        return [b.override(sink) for b in self.blocks]
+        return [b.override(sink, drop_zero_neg) for b in self.blocks]
 
     def with_sink(self, overrides: list[SubgraphAdjoint], sink: list | None):
-        """`overrides` with the seeded affine layers' entries collecting absorbed bias shares
-        into `sink` (unchanged when sink is None)."""
+        """`overrides` (SplitLRP's ratio form) with the seeded affine layers' entries collecting
+        absorbed bias shares into `sink` (unchanged when sink is None)."""
         if sink is None or not self.blocks:
             return overrides
         outputs = {(b.pos_out.name, b.neg_out.name) for b in self.blocks}
         kept = [o for o in overrides if tuple(o.outputs) not in outputs]
-        return kept + self.block_overrides(sink)
+        return kept + self.block_overrides(sink, drop_zero_neg=True)
 
 
 def find_recenterings(nodes) -> list[Recentering]:
@@ -315,6 +323,7 @@ def merge_split_graph(
                 tensors[prefix + b.total],
                 b.half_weight,
                 b.bias_parts,
+                b.zero_neg,
             )
         )
     if start is not None:

@@ -252,9 +252,10 @@ def split_graph(
         tensor.name, tensor.dtype, tensor.shape = name, dtype, output.shape
     graph.outputs = [logits, g, h, *exposed_outputs]
     if em.seeded:  # seeded re-centerings read the source: keep the streams they re-center
+        # (and a zero negative stream that nothing reads), which the backward passes refer to
         kept = {t.name for t in graph.outputs}
-        for pos_in, neg_in, *_ in result.recentered:
-            for name in (pos_in, neg_in):
+        for names in result.recentered:
+            for name in names[:4]:
                 tensor = graph.tensors().get(name)
                 if tensor is not None and name not in kept:
                     kept.add(name)

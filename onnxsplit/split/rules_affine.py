@@ -90,7 +90,7 @@ def _split_linear_seeded(
     (`em.blocks`, onnxsplit.attribution.splitgraph) with two transposed maps, |W|^T and W^T.
     """
     half = np.asarray(0.5, em.dtype)
-    total = em.add(pair.pos, pair.neg)
+    total = pair.pos if pair.zero_neg else em.add(pair.pos, pair.neg)
     mass = apply(total, (np.abs(weight) * half).astype(weight.dtype))
     node = mass.inputs[0]
     if bias is not None:
@@ -112,6 +112,7 @@ def _split_linear_seeded(
             total.name,
             (weight * half).astype(weight.dtype),
             None if bias is None else (positive_part(bias), negative_part(bias)),
+            pair.zero_neg,
         )
     )
     return Pair(pos, neg)
@@ -131,6 +132,7 @@ class AffineBlock:
     total: str
     half_weight: np.ndarray
     bias_parts: tuple[np.ndarray, np.ndarray] | None
+    zero_neg: bool = False  # q = 0 by construction (total = p)
 
 
 def scale_pair(em: Emitter, pair: Pair, factor: np.ndarray) -> Pair:

@@ -33,6 +33,7 @@ class Pair:
     pos: gs.Variable
     neg: gs.Variable
     difference: gs.Variable | None = None
+    zero_neg: bool = False  # neg is 0 by construction (re-centered from a tensor >= 0)
 
 
 Value = Const | Plain | Pair
