@@ -87,10 +87,10 @@ class SeededBlock:
 
     pos_in: gs.Tensor
     neg_in: gs.Tensor
-    original: gs.Tensor
+    original: gs.Tensor | None  # None: q = 0 and (p', q') = (W+ p + b+, W- p + b-)
     pos_out: gs.Tensor
     neg_out: gs.Tensor
-    mass: gs.Node
+    mass: gs.Node  # a map of the block reading `total` (its weight is replaced)
     total: gs.Tensor
     half_weight: np.ndarray
     bias_parts: tuple[np.ndarray, np.ndarray] | None
@@ -100,18 +100,28 @@ class SeededBlock:
         """drop_zero_neg: give q no adjoint when it is 0 by construction (SplitLRP's ratio
         form, where the re-centering that made q multiplies its adjoint by q / q_in = 0)."""
 
+        extra = [] if self.original is None else [None]
+
         def fn(bw: Backward, douts):
             dp, dq = douts
             em = bw.em
             if dp is None and dq is None:
-                return [None, None, None]
+                return [None, None, *extra]
+            if drop_zero_neg and self.zero_neg and sink is None:
+                w = 2 * self.half_weight  # s_p = W+^T s_p' + W-^T s_q', s_q unused
+                parts = [
+                    self._transposed(bw, d, part.astype(w.dtype))
+                    for d, part in ((dp, np.maximum(w, 0)), (dq, np.maximum(-w, 0)))
+                    if d is not None
+                ]
+                return [em.total(parts), None, *extra]
             if dq is None:
                 sigma = delta = dp
             elif dp is None:
                 sigma, delta = dq, em.neg(dq)
             else:
                 sigma, delta = em.add(dp, dq), em.sub(dp, dq)
-            a = self._transposed(bw, sigma, None)
+            a = self._transposed(bw, sigma, np.abs(self.half_weight))
             b = self._transposed(bw, delta, self.half_weight)
             if sink is not None and self.bias_parts is not None:
                 terms = [
@@ -122,22 +132,21 @@ class SeededBlock:
                 if terms:
                     sink.append(lrp._per_sample_sum(bw, em.total(terms), self.pos_out))
             if drop_zero_neg and self.zero_neg:
-                return [em.add(a, b), None, None]
-            return [em.add(a, b), em.sub(a, b), None]
+                return [em.add(a, b), None, *extra]
+            return [em.add(a, b), em.sub(a, b), *extra]
 
+        inputs = (self.pos_in.name, self.neg_in.name)
         return SubgraphAdjoint(
-            (self.pos_in.name, self.neg_in.name, self.original.name),
+            inputs if self.original is None else (*inputs, self.original.name),
             (self.pos_out.name, self.neg_out.name),
             fn,
         )
 
-    def _transposed(self, bw: Backward, grad: gs.Tensor, weight: np.ndarray | None):
-        """The adjoint of the |W|/2 map (weight None) or of the same map with `weight`."""
+    def _transposed(self, bw: Backward, grad: gs.Tensor, weight: np.ndarray):
+        """The adjoint of the block's map with the weights `weight`."""
         node = self.mass
         needs = [t is self.total for t in node.inputs]
         data = needs.index(True)
-        if weight is None:
-            return bw.run_rule(node.op, node, [grad], needs)[data]
         inputs = [
             t if i == data else bw.em.const(weight, "w", weight.dtype)
             for i, t in enumerate(node.inputs[:2])
@@ -316,7 +325,7 @@ def merge_split_graph(
             SeededBlock(
                 tensors[prefix + b.pos_in],
                 tensors[prefix + b.neg_in],
-                source[b.original],
+                None if b.original is None else source[b.original],
                 tensors[prefix + b.pos_out],
                 tensors[prefix + b.neg_out],
                 nodes[prefix + b.mass_node],

@@ -90,22 +90,38 @@ def _split_linear_seeded(
     (`em.blocks`, onnxsplit.attribution.splitgraph) with two transposed maps, |W|^T and W^T.
     """
     half = np.asarray(0.5, em.dtype)
-    total = pair.pos if pair.zero_neg else em.add(pair.pos, pair.neg)
-    mass = apply(total, (np.abs(weight) * half).astype(weight.dtype))
-    node = mass.inputs[0]
-    if bias is not None:
-        half_bias = (np.abs(bias) * half).astype(bias.dtype)
-        if node.op == "Conv" and len(node.inputs) == 2:  # the Conv's own bias input
-            node.inputs.append(em.const(half_bias.reshape(-1), "b"))
-        else:
-            mass = em.plus_const(mass, half_bias)
-    half_f = em.mul(em.original(original), half)
-    pos, neg = em.add(mass, half_f), em.sub(mass, half_f)
+
+    def mapped(x: gs.Variable, w: np.ndarray, b: np.ndarray | None):
+        """(w x + b, the node of w x)"""
+        y = apply(x, w.astype(weight.dtype))
+        node = y.inputs[0]
+        if b is not None:
+            if node.op == "Conv" and len(node.inputs) == 2:  # the Conv's own bias input
+                node.inputs.append(em.const(b.astype(bias.dtype).reshape(-1), "b"))
+            else:
+                y = em.plus_const(y, b.astype(bias.dtype))
+        return y, node
+
+    if pair.zero_neg:
+        # q = 0 by construction: (W+ p + b+, W- p + b-), two maps and no elementwise pass
+        total, source = pair.pos, None
+        pos, node = mapped(
+            total, positive_part(weight), bias if bias is None else positive_part(bias)
+        )
+        neg, _ = mapped(total, negative_part(weight), bias if bias is None else negative_part(bias))
+    else:
+        total = em.add(pair.pos, pair.neg)
+        mass, node = mapped(
+            total, np.abs(weight) * half, bias if bias is None else np.abs(bias) * half
+        )
+        half_f = em.mul(em.original(original), half)
+        pos, neg = em.add(mass, half_f), em.sub(mass, half_f)
+        source = original.name
     em.blocks.append(
         AffineBlock(
             pair.pos.name,
             pair.neg.name,
-            original.name,
+            source,
             pos.name,
             neg.name,
             node.name,
@@ -125,7 +141,7 @@ class AffineBlock:
 
     pos_in: str
     neg_in: str
-    original: str
+    original: str | None  # the source tensor read (None: q = 0, the two-map form)
     pos_out: str
     neg_out: str
     mass_node: str
