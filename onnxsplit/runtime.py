@@ -11,6 +11,11 @@ import onnxruntime as ort
 from onnxsplit.errors import OnnxSplitError
 
 DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+# TF32 (a 10-bit mantissa in float32 convolutions, on by default in onnxruntime's CUDA provider)
+# costs the split its exactness: g - h cancels, and an H100 gave 1e-3 relative error in the
+# logits and 0.66 in VGG16's SplitCAM map against the CPU (docs/performance.md, GPU).
+CUDA_OPTIONS = {"use_tf32": "0"}
 
 
 @functools.cache
@@ -60,7 +65,8 @@ def make_session(
     if threads:
         options.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=providers_for(device))
+    providers = [(p, CUDA_OPTIONS) if p == CUDA else p for p in providers_for(device)]
+    return ort.InferenceSession(source, options, providers=providers)
 
 
 def provider_used(session: ort.InferenceSession) -> str:
