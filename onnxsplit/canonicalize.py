@@ -49,6 +49,8 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     _drop_initializer_inputs(model)
     if model.functions:
         model = inliner.inline_local_functions(model)
+    if source_opset < 7:
+        _per_channel_prelu_slopes(model)
     if source_opset < MIN_OPSET:
         try:
             model = version_converter.convert_version(model, MIN_OPSET)
@@ -89,6 +91,30 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     clone = onnx.ModelProto()
     clone.CopyFrom(model)
     return clone
+
+
+def _per_channel_prelu_slopes(model: onnx.ModelProto) -> None:
+    """PRelu before opset 7 applies a slope of shape [C] per channel (axis 1); from opset 7 on
+    the slope broadcasts from the last axis, so such slopes become [C, 1, ..., 1] before the
+    opset upgrade (which leaves them as they are)."""
+    graph = model.graph
+    slopes = {t.name: t for t in graph.initializer}
+    prelus = [n for n in graph.node if n.op_type == "PRelu" and n.input[1] in slopes]
+    if not prelus:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton.skeleton(model)).graph
+    except Exception:
+        inferred = graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*inferred.input, *inferred.value_info, *inferred.output]
+        if v.type.tensor_type.HasField("shape")
+    }
+    for node in prelus:
+        slope, rank = slopes[node.input[1]], ranks.get(node.input[0], 0)
+        if len(slope.dims) == 1 and slope.dims[0] > 1 and rank >= 3:
+            slope.dims[:] = [slope.dims[0]] + [1] * (rank - 2)
 
 
 def _silence_graphsurgeon() -> None:

@@ -31,7 +31,15 @@ def to_model(graph: gs.Graph, opset: int, metadata: dict[str, str]) -> onnx.Mode
     if foreign:
         raise RuntimeError(f"internal error: emitted graph uses non-default domains {foreign}")
     model = _complete_output_shapes(model)
-    skeleton.check_model(model)
+    try:
+        skeleton.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        detail = str(exc).strip().splitlines()[-1][:300]
+        raise OnnxSplitError(
+            f"the emitted graph fails onnx's checker ({detail}); please report this with the "
+            "model. Known case: a ceil_mode pool whose last window starts in the padding, "
+            "whose output size onnx's shape inference and onnxruntime compute differently"
+        ) from None
     return model
 
 

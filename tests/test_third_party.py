@@ -186,22 +186,10 @@ def _torch_case_dirs() -> list[Path]:
     return found
 
 
-PRELU_MULTIPARAM_BUG = (
-    "BUG: PRelu-6 with a per-channel slope [C] (pytorch 0.x export) is version-converted "
-    "unchanged to opset 13, where [C] broadcasts on the last axis: the emitted graph fails "
-    "onnx.checker with a raw InferenceError instead of converting or an OnnxSplitError"
-)
-
-
 def _torch_case(path: Path):
-    marks = []
-    if path.name.startswith("test_PReLU") and path.name.endswith("multiparam"):
-        marks.append(
-            pytest.mark.xfail(
-                strict=True, reason=PRELU_MULTIPARAM_BUG, raises=onnx.shape_inference.InferenceError
-            )
-        )
-    return pytest.param(path, id=f"{path.parent.name}/{path.name}", marks=marks)
+    # test_PReLU_*_multiparam: PRelu-6 with a per-channel slope [C]; canonicalize reshapes it to
+    # [C, 1, ..] before the opset upgrade (from opset 7 on, [C] would broadcast on the last axis)
+    return pytest.param(path, id=f"{path.parent.name}/{path.name}")
 
 
 @pytest.mark.parametrize("case", [_torch_case(p) for p in _torch_case_dirs()])
