@@ -77,6 +77,10 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     # shapes known now (e.g. TF-"SAME" pads computed from Shape(activation)) fold in a second pass
     graph.fold_constants(error_ok=True).cleanup().toposort()
     graph = _reinfer_shapes(graph, model)
+    for _ in range(3):  # each pass lets inference carry the new ranks one step further
+        if not _ranks_from_reshape_targets(graph):
+            break
+        graph = _reinfer_shapes(graph, model)
     return Canonical(
         graph=graph,
         opset=opset,
@@ -115,6 +119,27 @@ def _per_channel_prelu_slopes(model: onnx.ModelProto) -> None:
         slope, rank = slopes[node.input[1]], ranks.get(node.input[0], 0)
         if len(slope.dims) == 1 and slope.dims[0] > 1 and rank >= 3:
             slope.dims[:] = [slope.dims[0]] + [1] * (rank - 2)
+
+
+def _ranks_from_reshape_targets(graph: gs.Graph) -> bool:
+    """Give a Reshape output of unknown shape the rank its target's length says.
+
+    onnx's shape inference gives up on a Reshape whose target is computed at run time (e.g. a
+    channel shuffle's Concat(Shape(x)[0], g, C/g, H, W) under a dynamic batch), although the
+    target's static length is the output's rank; rank-dependent rules (a standalone
+    BatchNormalization) need it. Returns whether anything changed.
+    """
+    changed = False
+    for node in graph.nodes:
+        output = node.outputs[0] if node.outputs else None
+        if node.op != "Reshape" or output is None or output.shape is not None:
+            continue
+        target = node.inputs[1].shape
+        if target is not None and len(target) == 1 and isinstance(target[0], int):
+            output.shape = [f"{output.name}_dim{i}" for i in range(target[0])]
+            output.dtype = node.inputs[0].dtype
+            changed = True
+    return changed
 
 
 def _silence_graphsurgeon() -> None:
