@@ -124,14 +124,18 @@ def dangling_reshape_model() -> onnx.ModelProto:
 
 
 def test_dangling_tensor_next_to_an_activation_is_refused(tmp_path):
-    """Add(x, ghost): refused in one error naming the node (the reason could be sharper)."""
+    """Add(x, ghost): refused in one error naming the node and the dangling tensor."""
     nodes = [
         helper.make_node("Add", ["x", "ghost"], ["a"], name="add_ghost"),
         helper.make_node("Relu", ["a"], ["y"], name="relu"),
     ]
     path = tmp_path / "dangling_add.onnx"
     onnx.save(model_of(nodes), str(path))
-    assert_clear_error(invoke("convert", path), "node 'add_ghost' (op Add)")
+    assert_clear_error(
+        invoke("convert", path),
+        "node 'add_ghost' (op Add)",
+        "'ghost', which no node, initializer or graph input provides",
+    )
     assert files_under(tmp_path) == ["dangling_add.onnx"]
 
 
