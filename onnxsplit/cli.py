@@ -338,7 +338,8 @@ def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limi
     "--data",
     default="digits",
     show_default=True,
-    help="digits, or an image folder FOLDER/<class>/*.png.",
+    help="digits (8x8 digits), digits-grid (16x16 grids of four digits; multi-label: which "
+    "four classes are present), or an image folder FOLDER/<class>/*.png.",
 )
 @click.option("--epochs", default=None, type=int, help="Default: the architecture's default.")
 @click.option(
