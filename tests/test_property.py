@@ -184,14 +184,10 @@ def specs(draw, max_blocks: int = 5) -> Spec:
             blocks.append(("pad", mode, pad))
             s += 2 * pad
         else:
-            if blocks and blocks[-1][0] == "shuffle":
-                continue  # a known bug: test_regression_batchnorm_after_channel_shuffle
             blocks.append(("bn",))
     hidden = draw(st.sampled_from([0, 0, 5, 12]))
-    overlapping = any(b[0] == "pool" and b[1] == "max" and b[3] < b[2] for b in blocks)
-    # amax after an overlapping max pool duplicates the maximum: the ReduceMax adjoint then
-    # routes the gradient to every copy (a known bug, test_regression_reduce_max_ties_*)
-    heads = ["gap", "flatten", "mean"] + ([] if overlapping else ["amax"])
+    # amax after an overlapping max pool duplicates the maximum (test_regression_*_ties_*)
+    heads = ["gap", "flatten", "mean", "amax"]
     pooling = draw(st.sampled_from(heads))
     head = (pooling, hidden, draw(st.sampled_from(ACTIVATIONS[:4])), draw(st.booleans()))
     classes = draw(st.integers(2, 10))
@@ -552,17 +548,14 @@ def test_regression_raw_split_of_a_wide_max_is_exact_up_to_stream_rounding():
         classes=2,
         seed=0,
     )
-    check(spec, "legacy", 11, 1, 1, gradient=False)  # the gradient: the ReduceMax ties bug
+    check(spec, "legacy", 11, 1, 1)
 
 
-REDUCE_MAX_TIES_BUG = (
-    "BUG: attribution/autodiff.py _reduce_max and _global_maxpool (_route_to_max) send dy to "
-    "every position equal to the maximum: with k tied copies (an overlapping max pool before a "
-    "global max) the input gradient is k times too large (torch: one unit in total)"
-)
+# ReduceMax / GlobalMaxPool with k tied maxima (an overlapping max pool before a global max):
+# the adjoint shares dy evenly (torch's amax rule); it used to send dy to every tied position,
+# a gradient k times too large.
 
 
-@pytest.mark.xfail(strict=True, reason=REDUCE_MAX_TIES_BUG, raises=AssertionError)
 def test_regression_reduce_max_ties_after_overlapping_max_pool():
     """Shrunk: MaxPool(2, stride 1) on 4x4 then x.amax((2, 3)): map_gradient = 4x torch's."""
     spec = Spec(
@@ -576,7 +569,6 @@ def test_regression_reduce_max_ties_after_overlapping_max_pool():
     check(spec, "legacy", 11, 1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=REDUCE_MAX_TIES_BUG, raises=AssertionError)
 def test_regression_global_max_pool_ties_against_finite_differences():
     """onnx.helper: MaxPool(2, stride 1) -> GlobalMaxPool -> Flatten -> Gemm; the input's
     unique maximum moves the logit by w * eps, the compiled gradient says k * w."""

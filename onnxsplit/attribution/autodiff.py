@@ -913,17 +913,29 @@ def _reduce_mean(bw, node, douts, needs):
     return [grad] + [None] * (len(node.inputs) - 1)
 
 
-def _route_to_max(bw: Backward, x: gs.Tensor, y_kept: gs.Tensor, dy_kept: gs.Tensor):
-    mask = bw.em.one("Equal", [x, y_kept])
-    return bw.where(mask, bw.em.one("Expand", [dy_kept, bw.shape_of(x)]), 0.0)
+def _route_to_max(bw: Backward, x: gs.Tensor, y_kept, dy_kept, axes: list[int]):
+    """dy shared evenly by the positions equal to the maximum (torch's amax rule): k tied
+    maxima get dy / k each, so the input gradient sums to dy (not k dy)."""
+    em = bw.em
+    tied = em.one("Cast", [em.one("Equal", [x, y_kept])], {"to": _onnx_type(em.dtype)})
+    count = bw.reduce_sum(tied, axes, keepdims=True)
+    return em.one("Mul", [tied, em.one("Div", [dy_kept, count])])
 
 
-@adjoint("GlobalMaxPool", summary="dy to the positions equal to the maximum")
+def _onnx_type(dtype) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+@adjoint("GlobalMaxPool", summary="dy shared by the positions equal to the maximum")
 def _global_maxpool(bw, node, douts, needs):
-    return [_route_to_max(bw, node.inputs[0], node.outputs[0], douts[0])]
+    x = node.inputs[0]
+    if x.shape is None:
+        raise _Unsupported("the input rank is unknown")
+    axes = list(range(2, len(x.shape)))
+    return [_route_to_max(bw, x, node.outputs[0], douts[0], axes)]
 
 
-@adjoint("ReduceMax", summary="dy to the positions equal to the maximum")
+@adjoint("ReduceMax", summary="dy shared by the positions equal to the maximum")
 def _reduce_max(bw, node, douts, needs):
     x, y, dy = node.inputs[0], node.outputs[0], douts[0]
     if x.shape is None:
@@ -932,7 +944,9 @@ def _reduce_max(bw, node, douts, needs):
     if not int(node.attrs.get("keepdims", 1)) and axes:
         y = bw.em.one("Unsqueeze", [y, bw.i64(axes, "axes")])
         dy = bw.em.one("Unsqueeze", [dy, bw.i64(axes, "axes")])
-    return [_route_to_max(bw, x, y, dy)] + [None] * (len(node.inputs) - 1)
+    if not axes:  # noop_with_empty_axes: the identity
+        return [dy] + [None] * (len(node.inputs) - 1)
+    return [_route_to_max(bw, x, y, dy, axes)] + [None] * (len(node.inputs) - 1)
 
 
 # ------------------------------------------------------------------------------------------
