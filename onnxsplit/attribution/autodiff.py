@@ -975,11 +975,16 @@ def _transpose(bw, node, douts, needs):
     return [bw.em.one("Transpose", [douts[0]], {"perm": inverse})]
 
 
-@adjoint("Pad", summary="Slice of dy (constant mode, non-negative pads)")
+@adjoint(
+    "Pad",
+    summary="Slice of dy (constant mode); edge/reflect: the padded border's dy added back "
+    "onto the input positions it copies (non-negative pads)",
+)
 def _pad(bw, node, douts, needs):
     x = node.inputs[0]
-    if _attr(node, "mode", "constant") != "constant":
-        raise _Unsupported("only constant-mode Pad is differentiated")
+    mode = _attr(node, "mode", "constant")
+    if mode not in ("constant", "edge", "reflect"):
+        raise _Unsupported(f"Pad mode '{mode}' is not differentiated")
     pads = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if pads is None:
         pads = node.attrs.get("pads")
@@ -998,12 +1003,63 @@ def _pad(bw, node, douts, needs):
     begin = pads[:half]
     if not np.any(begin) and not np.any(pads[half:]):
         return [douts[0]] + [None] * (len(node.inputs) - 1)
+    if mode != "constant":
+        grad = _fold_border(bw, x, douts[0], axes, begin, pads[half:], mode)
+        return [grad] + [None] * (len(node.inputs) - 1)
     em = bw.em
     shape = bw.shape_of(x)
     size = em.one("Gather", [shape, bw.i64(axes, "axes")], {"axis": 0})
     ends = em.add(size, bw.i64(begin, "begin"))
     grad = em.one("Slice", [douts[0], bw.i64(begin, "begin"), ends, bw.i64(axes, "axes")])
     return [grad] + [None] * (len(node.inputs) - 1)
+
+
+def _fold_border(bw, x, dy, axes, begin, end, mode: str):
+    """Adjoint of an edge/reflect Pad, one padded axis at a time (both modes are separable):
+    the core of dy, plus each border's dy added onto the input positions it was copied from
+    (edge: summed onto the first/last element; reflect: mirrored onto elements 1..b and
+    n-1-e..n-2)."""
+    shape = x.shape
+    if shape is None:
+        raise _Unsupported("the input rank is unknown")
+    em, rank = bw.em, len(shape)
+    grad = dy
+    for axis, b, e in zip(axes, (int(v) for v in begin), (int(v) for v in end), strict=True):
+        if not b and not e:
+            continue
+        n = shape[axis]
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise _Unsupported(f"the padded axis {axis} must have a static size")
+        if mode == "reflect" and max(b, e) > n - 1:
+            raise _Unsupported("reflect pads must be smaller than the padded axis")
+        at = bw.i64([axis], "axis")
+
+        def take(start, stop, step=1, source=grad, at=at):
+            args = [source, bw.i64([start], "s"), bw.i64([stop], "e"), at, bw.i64([step], "st")]
+            return em.one("Slice", args)
+
+        def place(part, before, after, axis=axis):
+            pads = [0] * (2 * rank)
+            pads[axis], pads[rank + axis] = before, after
+            return em.one("Pad", [part, bw.i64(pads, "pads")])
+
+        total = take(b, b + n)
+        if mode == "edge":
+            sums = {"keepdims": 1}
+            if b:
+                head = em.one("ReduceSum", [take(0, b), at], sums)
+                total = em.add(total, place(head, 0, n - 1))
+            if e:
+                tail = em.one("ReduceSum", [take(b + n, b + n + e), at], sums)
+                total = em.add(total, place(tail, n - 1, 0))
+        else:  # reflect: padded[b - 1 - i] = x[1 + i], padded[b + n + i] = x[n - 2 - i]
+            lowest = -(2**62)
+            if b:
+                total = em.add(total, place(take(b - 1, lowest, -1), 1, n - 1 - b))
+            if e:
+                total = em.add(total, place(take(b + n + e - 1, b + n - 1, -1), n - 1 - e, 1))
+        grad = total
+    return grad
 
 
 @adjoint("Slice", summary="Pad of dy with zeros (constant starts/ends/axes, step 1)")
