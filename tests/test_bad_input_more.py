@@ -354,7 +354,24 @@ def test_ctrl_c_during_explain_leaves_nothing(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
     assert len(calls) == 3
     assert files_under(out) == []
-    assert not out.exists() or list(out.iterdir()) == []  # no staging folder either
+    assert not out.exists()  # the run created the folder, so it removes it again
+
+
+def test_ctrl_c_keeps_an_existing_output_folder_as_it_was(tmp_path, monkeypatch):
+    import onnxsplit.explain.runner as runner
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.txt").write_text("kept")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_item", interrupted)
+    np.save(tmp_path / "one.npy", np.load(DIGITS)[:1])
+    result, _ = explain_digits(tmp_path, tmp_path / "one.npy")
+    assert result.exit_code == 130
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
 
 
 def test_ctrl_c_while_compiling_for_explain_leaves_no_cache_entry(tmp_path, monkeypatch):

@@ -141,6 +141,7 @@ def explain(
     layout: InputLayout = input_layout(list(data_input.shape))
     sample_shape = layout.batch_shape(1)[1:]
     map_name = f"map_{method}"
+    missing = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".onnxsplit-explain-", dir=out_dir))
@@ -151,6 +152,7 @@ def explain(
     rows: list[dict] = []
     used: set[str] = set()
     names: list[str] | None = None
+    done = False
     try:
         for batch in batches(iterate(inputs), batch_size):
             expanded: list[Item] = []
@@ -210,9 +212,21 @@ def explain(
         write_summary(staging, rows)
         for produced in staging.iterdir():
             os.replace(produced, out_dir / produced.name)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _remove_created_folders(missing)
     return ExplainRun(rows, provider_used(session), path, from_cache)
+
+
+def _remove_created_folders(created: list[Path]) -> None:
+    """After a failed run, remove the folders this run created (innermost first) if empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _unique(stem: str, used: set[str]) -> str:
