@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from onnxsplit.attribution import attach_methods, lrp  # noqa: E402
 from onnxsplit.attribution import methods as M  # noqa: E402
+from onnxsplit.attribution.autodiff import constant_value  # noqa: E402
 from onnxsplit.eval.grid import (  # noqa: E402
     build_grid_dataset,
     pointing_scores,
@@ -182,6 +183,127 @@ class ContrastLRP(M.LRPMethod):
         return out
 
 
+class LayerLRP(M.LRPMethod):
+    """A baseline LRP composite's relevance at a layer, summed over channels and upsampled
+    (the CAM-shaped counterpart of SplitCAM with relevance evidence at the same layer)."""
+
+    def __init__(self, layer: str, rules: str = "epsilon_plus", name: str = "lrpcam"):
+        self.cam_layer = layer
+        self.rules_name = rules
+        self.name = name
+
+    def rules(self):
+        return getattr(lrp, f"{self.rules_name}_composite")()
+
+    def build(self, ctx):
+        relevance = ctx.backward(
+            {ctx.logits.name: ctx.onehot}, [self.cam_layer], rules=self.rules(), scope=self.name
+        )[self.cam_layer]
+        ctx.em.scope = self.name
+        cam = ctx.em.one("ReduceSum", [relevance, ctx._i64([1])], {"keepdims": 0})
+        return {f"map_{self.name}": ctx.upsample(cam)}
+
+
+@dataclass(frozen=True)
+class LamEpsilon:
+    """Epsilon rule on a dense layer whose backward weights are W+ - lam W- (the forward z is
+    the layer's own output): the baseline counterpart of SplitLRP's lam, which weighs the
+    h-stream (the relevance of the negative contributions) by lam. lam = 1: lrp.Epsilon."""
+
+    lam: float = 1.5
+    epsilon: float = 1e-6
+
+    def __call__(self, bw, node, douts, needs):
+        em = bw.em
+        data = 0 if needs[0] else 1
+        other = 1 - data
+        weight = constant_value(node.inputs[other])
+        if weight is None or any(needs[i] for i in range(len(needs)) if i != data):
+            return lrp.Epsilon(self.epsilon)(bw, node, douts, needs)
+        scaled = np.maximum(weight, 0) - self.lam * np.maximum(-weight, 0)
+        if float(node.attrs.get("alpha", 1.0)) < 0:
+            scaled = np.minimum(weight, 0) - self.lam * np.maximum(weight, 0)
+        ratio = em.one("Div", [douts[0], lrp.stabilize(bw, node.outputs[0], self.epsilon)])
+        ops = [None, None]
+        ops[data], ops[other] = node.inputs[data], em.const(scaled.astype(weight.dtype), "w")
+        attrs = dict(node.attrs)
+        attrs.pop("beta", None)
+        out = node.outputs[0]
+        fake = gs.Node(
+            node.op,
+            attrs=attrs,
+            inputs=ops,
+            outputs=[gs.Variable(out.name + "__lam", dtype=out.dtype, shape=out.shape)],
+        )
+        grads = bw.run_rule(node.op, fake, [ratio], [i == data for i in range(2)])
+        fake.inputs.clear()
+        fake.outputs.clear()
+        result = [None] * len(node.inputs)
+        result[data] = em.mul(node.inputs[data], grads[data])
+        return result
+
+
+class LamEpsilonPlus(M.LRPMethod):
+    """LRP-EpsilonPlus with LamEpsilon(lam) on the dense layers (z+ on convolutions)."""
+
+    def __init__(self, lam: float = 1.5, name: str = "eps_plus_lam"):
+        self.lam = lam
+        self.name = name
+
+    def rules(self):
+        rule = LamEpsilon(self.lam)
+        return lrp.composite(lrp.ZPlus(), overrides={"Gemm": rule, "MatMul": rule})
+
+
+@dataclass(frozen=True)
+class NodeSwitch:
+    """`special` on the nodes named in `names`, `default` elsewhere."""
+
+    default: object
+    special: object
+    names: frozenset
+
+    def __call__(self, bw, node, douts, needs):
+        rule = self.special if node.name in self.names else self.default
+        return rule(bw, node, douts, needs)
+
+
+def last_weight_node(ctx) -> gs.Node | None:
+    """The weight layer (Conv/Gemm/MatMul) nearest the logits on the path back from them."""
+    seen, stack = set(), [ctx.logits]
+    while stack:
+        tensor = stack.pop(0)
+        for node in tensor.inputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op in lrp.WEIGHT_OPS and any(
+                constant_value(t) is not None for t in node.inputs[1:2]
+            ):
+                return node
+            stack.extend(t for t in node.inputs if constant_value(t) is None)
+    return None
+
+
+class LastEpsilonPlus(M.LRPMethod):
+    """EpsilonPlus with the epsilon rule on the last weight layer whatever its type (zennit's
+    EpsilonPlus puts it on dense layers only: on a network whose classifier is a convolution,
+    e.g. the FER mini-Xception, EpsilonPlus is z+ everywhere and starts class-agnostic)."""
+
+    name = "lrp_eps_plus_last"
+
+    def build(self, ctx):
+        last = last_weight_node(ctx)
+        names = frozenset({last.name} if last is not None else ())
+        eps = lrp.Epsilon(1e-6)
+        rule = NodeSwitch(lrp.ZPlus(), eps, names)
+        self._rules = lrp.composite(rule, overrides={"Gemm": eps, "MatMul": eps})
+        return super().build(ctx)
+
+    def rules(self):
+        return self._rules
+
+
 class ContrastSplitLRP(M.SplitLRP):
     """SplitLRP of the margin f_k - sum_c w_c f_c: R_g, R_h of class k as usual and R_gc, R_hc
     of the softmax-weighted other classes (w as in ContrastLRP), all four >= 0; the map
@@ -203,7 +325,9 @@ class ContrastSplitLRP(M.SplitLRP):
             r, _ = self.relevance(ctx, split, stream, label, overrides, weights)
             em.scope = self.name
             out[f"map_{self.name}_{label}"] = ctx.channel_sum(r)
-        return out
+        own = em.sub(out[f"map_{self.name}_g"], out[f"map_{self.name}_h"])
+        other = em.sub(out[f"map_{self.name}_gc"], out[f"map_{self.name}_hc"])
+        return {f"map_{self.name}": em.sub(own, other), **out}
 
 
 class GatedSplitLRP(M.SplitLRP):
@@ -263,7 +387,8 @@ class GatedSplitLRP(M.SplitLRP):
             em.scope = self.name
             parts = [em.mul(t, grads[t.name]) for t in inputs if grads[t.name] is not None]
             out[f"map_{self.name}_{label}"] = ctx.channel_sum(em.total(parts))
-        return out
+        diff = em.sub(out[f"map_{self.name}_g"], out[f"map_{self.name}_h"])
+        return {f"map_{self.name}": diff, **out}
 
 
 BASELINES = (
@@ -378,12 +503,36 @@ def method_specs() -> dict[str, Spec]:
             "SplitLRP gated by the sign of SplitCAM's P - N at a layer",
         ),
         Spec(
-            "scam_b10",
+            "scam_deep",
             lambda: [
-                M.SplitCAM(LAYERS["b10_add"], evidence="relevance", name="scam_rel_b10_add"),
+                M.SplitCAM(LAYERS[layer], evidence="relevance", name=f"scam_rel_{layer}")
+                for layer in ("b10_add", "b14_add")
             ],
-            _cam_rows("scam_rel_b10_add", lams=(1.0, 1.5)),
-            "SplitCAM with relevance evidence at block 10's residual sum (28x28 at 448 px)",
+            {
+                row: fn
+                for layer in ("b10_add", "b14_add")
+                for row, fn in _cam_rows(f"scam_rel_{layer}", lams=(1.0, 1.5)).items()
+            },
+            "SplitCAM with relevance evidence at residual sums (b10: 28x28, b14: 14x14 at 448 px)",
+        ),
+        Spec(
+            "lrpcam",
+            lambda: [
+                LayerLRP(LAYERS[layer], name=f"lrpcam_{layer}") for layer in ("b10_add", "b14_add")
+            ],
+            {f"lrpcam_{layer}": _out(f"map_lrpcam_{layer}") for layer in ("b10_add", "b14_add")},
+            "LRP-EpsilonPlus relevance at the same layers, summed over channels (baseline)",
+        ),
+        Spec(
+            "eps_plus_lam",
+            lambda: [
+                LamEpsilonPlus(lam, name=f"eps_plus_lam{int(lam * 10)}") for lam in (1.5, 2.0)
+            ],
+            {
+                f"lrp_epsilon_plus λ={lam:g}": _out(f"map_eps_plus_lam{int(lam * 10)}")
+                for lam in (1.5, 2.0)
+            },
+            "EpsilonPlus with the dense layer's negative weights scaled by lam (baseline λ)",
         ),
     ]
     return {s.key: s for s in specs}
