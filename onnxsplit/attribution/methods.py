@@ -666,9 +666,12 @@ class SplitLRP(AttributionMethod):
     def _overrides(self, ctx, split) -> list[SubgraphAdjoint]:
         return split.overrides() if self.form == "relevance" else ratio_overrides(ctx, split)
 
-    def relevance(self, ctx, split, stream, label, overrides, weights=None):
+    def relevance(self, ctx, split, stream, label, overrides, weights=None, minus=None):
         """Input relevance ([N, C, H, W], x+ and x- parts added) of one stream's logit (of
-        the stream's logits weighted by `weights` [N, K] when given)."""
+        the stream's logits weighted by `weights` [N, K] when given). `minus=(stream2, lam)`
+        (ratio form): the relevance of stream minus lam * that of stream2 in ONE pass (the
+        ratio-form backward is linear in its seed: its factors, masks and shares depend on the
+        forward values only)."""
         em = ctx.em
         em.scope = f"{self.name}_{label}"
         sink: list | None = [] if self.diagnostics else None
@@ -678,9 +681,13 @@ class SplitLRP(AttributionMethod):
             seed, rules = weights, lrp.split_ratio_rules(**kwargs)
         else:
             seed, rules = em.mul(weights, stream), lrp.split_composite(**kwargs)
+        seeds = {stream.name: seed}
+        if minus is not None:
+            other, lam = minus
+            seeds[other.name] = em.mul(weights, ctx.scalar(-lam))
         inputs = (split.x_pos, split.x_neg)
         grads = ctx.backward(
-            {stream.name: seed},
+            seeds,
             [t.name for t in inputs],
             overrides=split.with_sink(overrides, sink),
             rules=rules,
@@ -706,17 +713,33 @@ class SplitLRP(AttributionMethod):
         if split.x_pos is None or split.x_neg is None:
             raise OnnxSplitError("the split graph has no input streams x_pos / x_neg")
         overrides = self._overrides(ctx, split)
-        r_g, abs_g = self.relevance(ctx, split, split.g, "g", overrides)
-        r_h, abs_h = self.relevance(ctx, split, split.h, "h", overrides)
         em = ctx.em
-        em.scope = self.name
-        map_g, map_h = ctx.channel_sum(r_g), ctx.channel_sum(r_h)
-        weighted = weigh_negative(ctx, map_g, map_h, self.lam)
-        out = {
-            f"map_{self.name}": em.sub(map_g, weighted),
-            f"map_{self.name}_g": map_g,
-            f"map_{self.name}_h": map_h,
-        }
+        if self.form == "ratio" and not self.diagnostics and self.lam != BALANCED:
+            # one pass for the map, R_g - lam R_h; a second (R_h) only for the component
+            # outputs, so attach_methods(components=False) prunes it
+            r_map, _ = self.relevance(
+                ctx, split, split.g, "gh", overrides, minus=(split.h, self.lam)
+            )
+            r_h, _ = self.relevance(ctx, split, split.h, "h", overrides)
+            em.scope = self.name
+            the_map, map_h = ctx.channel_sum(r_map), ctx.channel_sum(r_h)
+            weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
+            out = {
+                f"map_{self.name}": the_map,
+                f"map_{self.name}_g": em.add(the_map, weighted),
+                f"map_{self.name}_h": map_h,
+            }
+        else:
+            r_g, abs_g = self.relevance(ctx, split, split.g, "g", overrides)
+            r_h, abs_h = self.relevance(ctx, split, split.h, "h", overrides)
+            em.scope = self.name
+            map_g, map_h = ctx.channel_sum(r_g), ctx.channel_sum(r_h)
+            weighted = weigh_negative(ctx, map_g, map_h, self.lam)
+            out = {
+                f"map_{self.name}": em.sub(map_g, weighted),
+                f"map_{self.name}_g": map_g,
+                f"map_{self.name}_h": map_h,
+            }
         if self.contrast:  # R_g of the other classes' g-streams (softmax-weighted)
             r_c, _ = self.relevance(ctx, split, split.g, "c", overrides, self._other_classes(ctx))
             out[f"map_{self.name}_c"] = ctx.channel_sum(r_c)

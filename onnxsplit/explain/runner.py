@@ -69,7 +69,7 @@ def attribution_model(model_path: Path, method: str, target_layer: str | None) -
     else:
         from onnxsplit.attribution.attach import attach_methods
 
-        compiled = attach_methods(model, [method], target_layer)
+        compiled = attach_methods(model, [method], target_layer, components=False)
     cached.parent.mkdir(parents=True, exist_ok=True)
     save_model(compiled, cached)
     return cached, False
