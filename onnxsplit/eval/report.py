@@ -97,6 +97,15 @@ def write_result(result, out_dir: Path) -> dict[str, Path]:
     return files
 
 
+# split-graph variants of the research runs whose names do not start with "split"
+# (benchmarks/research_second_model.py: SplitLRP of the margin, gated SplitLRP)
+SPLIT_VARIANTS = ("csplit", "gated_head")
+
+
+def is_split(method: str) -> bool:
+    return method.startswith("split") or method in SPLIT_VARIANTS
+
+
 def load_result(out_dir: Path):
     """The EvaluationResult written into `out_dir` (meta.json + scores.csv), ranks recomputed."""
     from onnxsplit.eval.harness import EvaluationResult, summarise
@@ -195,16 +204,16 @@ def is_control(method: str) -> bool:
 
 
 def split_summary(result) -> list[str]:
-    """One line per split method (name starting with 'split') and category: its rank, and
-    how far it is from the best baseline (neither a split method nor a control) in mean
-    metric rank and on each metric."""
+    """One line per split method (see is_split) and category: its rank, and how far it is
+    from the best baseline (neither a split method nor a control) in mean metric rank and on
+    each metric."""
     specs = metric_specs()
     lines = []
     n = len(result.methods)
-    baselines = [m for m in result.methods if not m.startswith("split") and not is_control(m)]
+    baselines = [m for m in result.methods if not is_split(m) and not is_control(m)]
     if not baselines:
         return lines
-    for method in [m for m in result.methods if m.startswith("split")]:
+    for method in [m for m in result.methods if is_split(m)]:
         for category, ranks in result.category_ranks.items():
             mean = result.mean_category_rank[category]
             best = min(baselines, key=lambda m: (mean[m], result.methods.index(m)))
@@ -650,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
                 **cheap,
             )
         )
+    # the second real model of issue 9, evaluated by benchmarks/research_second_model.py
+    second = args.work_dir / "fer_mini_xception-fer_faces"
+    if (second / "meta.json").is_file():
+        results.append(load_result(second))
     section = None
     if not args.skip_self:
         section = _self_runs(args, methods, cheap)
