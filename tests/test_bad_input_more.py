@@ -3,8 +3,8 @@
 Malformed graphs (empty, cyclic, dangling tensors), images too large or truncated, arrays of
 the wrong dtype or empty, output folders that cannot be written, and Ctrl-C in the middle of
 `explain` and `convert`: one clear `error:` line (exit 2) or exit 130, never a traceback, and no
-partial file left behind. Cases where onnxsplit does not do that yet are strict xfails named
-`*_bug` with the reason.
+partial file left behind. Tests named `*_bug` were strict xfails for cases onnxsplit got wrong;
+all of them pass now and stay as regression tests.
 """
 
 from __future__ import annotations
