@@ -73,13 +73,63 @@ def main() -> None:
     show_default=True,
     help="Execution provider for the probe.",
 )
+@click.option(
+    "--methods",
+    default=None,
+    metavar="M1,M2",
+    help="Write an attribution-ready model instead (default MODEL.explain.onnx): logits and "
+    "map_<method> per method (see `onnxsplit methods`).",
+)
+@click.option("--target-layer", default=None, metavar="TENSOR", help="CAM layer (--methods).")
+@click.option(
+    "--maps-only",
+    is_flag=True,
+    help="With --methods: only logits and map_<method> (no component maps; SplitLRP then "
+    "needs one relevance pass instead of two).",
+)
 @user_errors
-def convert(model, output_path, mode, input_name, output_name, expose, force, no_probe, device):
-    """Write the split model of MODEL: outputs logits, g and h with logits = g - h."""
+def convert(
+    model,
+    output_path,
+    mode,
+    input_name,
+    output_name,
+    expose,
+    force,
+    no_probe,
+    device,
+    methods,
+    target_layer,
+    maps_only,
+):
+    """Write the split model of MODEL: outputs logits, g and h with logits = g - h.
+
+    With --methods: the attribution-ready model (logits + one saliency map per method)."""
     from onnxsplit.convert import convert as run_convert
+    from onnxsplit.convert import convert_with_methods
     from onnxsplit.memory import return_large_blocks_to_os
 
     return_large_blocks_to_os()
+    if methods is not None or target_layer or maps_only:
+        if not methods:
+            raise OnnxSplitError("--target-layer and --maps-only need --methods M1,M2")
+        if mode != "normalized" or expose:
+            raise OnnxSplitError("--methods cannot be combined with --mode raw or --expose")
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        summary = convert_with_methods(
+            model,
+            output_path,
+            names,
+            target_layer=target_layer,
+            input_name=input_name,
+            output_name=output_name,
+            force=force,
+            probe=not no_probe,
+            device=device,
+            components=not maps_only,
+        )
+        click.echo(summary)
+        return
     result = run_convert(
         model,
         output_path,

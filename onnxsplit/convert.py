@@ -262,8 +262,11 @@ def convert_with_methods(
     force: bool = False,
     probe: bool = True,
     device: str = "auto",
+    components: bool = True,
 ) -> str:
-    """Write an attribution-ready model (logits + one map per method); return a summary."""
+    """Write an attribution-ready model (logits + one map per method); return a summary.
+
+    components=False: only logits and map_<method> (attach_methods(components=False))."""
     from onnxsplit.attribution.attach import attach_methods
     from onnxsplit.emit import metadata
 
@@ -276,7 +279,12 @@ def convert_with_methods(
     model = load_model(model_path)
     check_destination(out, force, protected=(model_path,))
     emitted = attach_methods(
-        model, methods, target_layer, input_name=input_name, output_name=output_name
+        model,
+        methods,
+        target_layer,
+        input_name=input_name,
+        output_name=output_name,
+        components=components,
     )
     meta = metadata(emitted)
     lines = [

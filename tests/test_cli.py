@@ -374,3 +374,43 @@ def test_console_script_end_to_end(tmp_path):
     )
     assert bad.returncode != 0
     assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- convert --methods ------------------------------------------------------------------------
+@pytest.mark.parametrize("maps_only", [False, True])
+def test_convert_with_methods_writes_an_attribution_model(tmp_path, maps_only):
+    out = tmp_path / "cnn.explain.onnx"
+    args = ["convert", str(CNN), "-o", str(out), "--methods", "splitlrp,gradcam", "--device", "cpu"]
+    result = invoke(*args, *(["--maps-only"] if maps_only else []))
+    assert result.exit_code == 0, result.output
+    assert (
+        "exactness of logits on a probe input" in result.output and f"wrote {out}" in result.output
+    )
+    model = onnx.load(str(out))
+    names = [o.name for o in model.graph.output]
+    expected = ["logits", "map_splitlrp", "map_gradcam"]
+    if not maps_only:
+        expected = ["logits", "map_splitlrp", "map_splitlrp_g", "map_splitlrp_h", "map_gradcam"]
+    assert names == expected
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:3]
+    outputs = session.run(None, {"input": x, "target": np.full(3, -1, np.int64)})
+    reference = ort.InferenceSession(str(CNN), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )
+    np.testing.assert_allclose(outputs[0], reference[0], rtol=1e-5, atol=1e-5)
+    assert all(o.shape == (3, 8, 8) for o in outputs[1:])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--maps-only"], "--target-layer and --maps-only need --methods M1,M2"),
+        (["--methods", "gradcam", "--mode", "raw"], "cannot be combined with --mode raw"),
+        (["--methods", "nosuch"], "unknown method 'nosuch'"),
+    ],
+)
+def test_convert_with_methods_refuses_bad_options(tmp_path, extra, message):
+    result = invoke("convert", str(CNN), "-o", str(tmp_path / "x.onnx"), *extra)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.onnx").exists()
