@@ -293,9 +293,20 @@ def explain(
 @click.option("--output-name", default=None)
 @click.option("--no-check", is_flag=True, help="Skip the test run in onnxruntime.")
 @click.option("--force", is_flag=True, help="Replace an earlier bundle in --out.")
+@click.option("--maps-only", is_flag=True, help="Only logits and map_<method> (no component maps).")
 @user_errors
 def export_web(
-    model, out_dir, methods, preset, labels, target_layer, input_name, output_name, no_check, force
+    model,
+    out_dir,
+    methods,
+    preset,
+    labels,
+    target_layer,
+    input_name,
+    output_name,
+    no_check,
+    force,
+    maps_only,
 ):
     """Write what a browser or Node app needs to explain with MODEL (see docs/deploy.md)."""
     from onnxsplit.deploy.web import export_bundle
@@ -311,6 +322,7 @@ def export_web(
         input_name=input_name,
         output_name=output_name,
         check=not no_check,
+        maps_only=maps_only,
     )
     click.echo(f"wrote bundle to {folder}")
 

@@ -162,6 +162,17 @@ def test_export_refuses_to_overwrite_and_replaces_with_force(tmp_path) -> None:
 # --- Node ---------------------------------------------------------------------------------
 
 
+def test_maps_only_bundle(tmp_path) -> None:
+    full = export_bundle(DIGITS, tmp_path / "full", methods=["splitlrp"], preset="digits")
+    lean = export_bundle(
+        DIGITS, tmp_path / "lean", methods=["splitlrp"], preset="digits", maps_only=True
+    )
+    assert read_bundle(full)["maps"] == ["map_splitlrp", "map_splitlrp_g", "map_splitlrp_h"]
+    assert read_bundle(lean)["maps"] == ["map_splitlrp"]
+    nodes = [len(onnx.load(str(b / "model.onnx")).graph.node) for b in (full, lean)]
+    assert nodes[1] < nodes[0]
+
+
 def test_node_matches_python(lite0_bundle, reference, chelsea, tmp_path) -> None:
     """explain.mjs in onnxruntime-node on the same float input as Python, then on the photo."""
     _need_node()

@@ -57,6 +57,7 @@ def export_bundle(
     input_name: str | None = None,
     output_name: str | None = None,
     check: bool = True,
+    maps_only: bool = False,
 ) -> Path:
     """Write the bundle of `model_path` to `out_dir` and return `out_dir`.
 
@@ -65,7 +66,9 @@ def export_bundle(
     (onnxsplit.explain.preprocess.PRESETS), a JSON object or file, or a Preprocess. labels: class
     names, a .json list or a text file with one name per line; None: ImageNet names for 1000
     classes, else class_<i>. check: run the bundled model once with onnxruntime (CPU) on a zero
-    input and verify its outputs before anything is written to `out_dir`.
+    input and verify its outputs before anything is written to `out_dir`. maps_only: the model
+    outputs only logits and map_<method> (no component maps; SplitLRP needs one relevance pass
+    instead of two).
     """
     out = Path(out_dir)
     _check_out_dir(out, force)
@@ -73,7 +76,7 @@ def export_bundle(
     methods = list(methods)
     if not methods:
         raise OnnxSplitError("no attribution method requested")
-    model = _attribution_model(source, methods, target_layer, input_name, output_name)
+    model = _attribution_model(source, methods, target_layer, input_name, output_name, maps_only)
     pre = preset if isinstance(preset, Preprocess) else get_preprocess(preset)
 
     data, target = _inputs(model)
@@ -176,6 +179,7 @@ def _attribution_model(
     target_layer: str | None,
     input_name: str | None,
     output_name: str | None,
+    maps_only: bool = False,
 ) -> onnx.ModelProto:
     model = load_model(source)
     compiled = json.loads(metadata(model).get("onnxsplit.attribution.methods", "[]") or "[]")
@@ -190,7 +194,12 @@ def _attribution_model(
     from onnxsplit.attribution.attach import attach_methods
 
     return attach_methods(
-        model, methods, target_layer, input_name=input_name, output_name=output_name
+        model,
+        methods,
+        target_layer,
+        input_name=input_name,
+        output_name=output_name,
+        components=not maps_only,
     )
 
 
