@@ -764,7 +764,9 @@ class SplitGrad(SplitLRP):
     exact sensitivities grow like prod |W| and overflow float32 on deep networks): non-negative
     (every coefficient of that network is), bounded, and SplitGrad x input = SplitLRP.
     As a function of x (x+ = relu(x), x- = relu(-x)): dg/dx = [x > 0] s_g(x+) - [x < 0] s_g(x-).
-    Outputs map_splitgrad = sum_c dg/dx - lam dh/dx, map_splitgrad_g, map_splitgrad_h.
+    Outputs map_splitgrad = sum_c dg/dx - lam dh/dx, map_splitgrad_g, map_splitgrad_h; as in
+    SplitLRP the map is one pass seeded (1, -lam) on (g, h) for a numeric lam, and the second
+    pass (dh/dx) only feeds the component outputs.
     """
 
     name = "splitgrad"
@@ -775,13 +777,18 @@ class SplitGrad(SplitLRP):
             raise OnnxSplitError("the split graph has no input streams x_pos / x_neg")
         overrides = self._overrides(ctx, split)
         em = ctx.em
+        one_pass = self.lam != BALANCED
+        passes = [("gh", split.g), ("h", split.h)] if one_pass else [("g", split.g), ("h", split.h)]
         maps = []
-        for label, stream in (("g", split.g), ("h", split.h)):
+        for label, stream in passes:
             em.scope = f"{self.name}_{label}"
             rules = lrp.split_ratio_rules(maxout=self.maxout, absorb=self.absorb)
             inputs = (split.x_pos, split.x_neg)
+            seeds = {stream.name: ctx.onehot}
+            if label == "gh":
+                seeds[split.h.name] = em.mul(ctx.onehot, ctx.scalar(-self.lam))
             grads = ctx.backward(
-                {stream.name: ctx.onehot},
+                seeds,
                 [t.name for t in inputs],
                 overrides=overrides,
                 rules=rules,
@@ -798,6 +805,14 @@ class SplitGrad(SplitLRP):
                 parts.append(em.neg(em.one("Where", [below, grads[split.x_neg.name], zero])))
             total = em.total(parts) if parts else em.mul(ctx.data, zero)
             maps.append(ctx.channel_sum(total))
+        if one_pass:
+            the_map, map_h = maps
+            weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
+            return {
+                f"map_{self.name}": the_map,
+                f"map_{self.name}_g": em.add(the_map, weighted),
+                f"map_{self.name}_h": map_h,
+            }
         map_g, map_h = maps
         weighted = weigh_negative(ctx, map_g, map_h, self.lam)
         return {
