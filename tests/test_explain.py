@@ -132,6 +132,25 @@ def test_explain_npy_inputs_with_a_sample_model(tmp_path) -> None:
     assert np.load(tmp_path / "out" / "digits_0_gradient.npy").shape == (8, 8)
 
 
+def test_a_changed_compiler_does_not_reuse_cached_models(tmp_path, monkeypatch) -> None:
+    import onnxsplit.explain.runner as runner
+
+    monkeypatch.setenv("ONNXSPLIT_CACHE", str(tmp_path / "cache"))
+    np.save(tmp_path / "one.npy", np.load(SAMPLES / "digits_test_inputs.npy")[:1])
+    model = SAMPLES / "digits_cnn_op11_legacy.onnx"
+
+    def explain(out: str):
+        args = ("explain", model, tmp_path / "one.npy", "--method", "gradient", "--out")
+        result = run(*args, tmp_path / out)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    first, second = explain("a"), explain("b")
+    assert "(cache)" not in first and "(cache)" in second
+    monkeypatch.setattr(runner, "compiler_fingerprint", lambda: "another-compiler")
+    assert "(cache)" not in explain("c")
+
+
 def _assert_refused(result, out: Path, *fragments: str) -> None:
     assert result.exit_code != 0
     assert "Traceback" not in result.output

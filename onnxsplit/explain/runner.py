@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,18 @@ def cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "onnxsplit"
 
 
+@functools.cache
+def compiler_fingerprint() -> str:
+    """sha256 (16 hex digits) of the onnxsplit package's Python source, which compiles the
+    attribution models: any change to it gives new cache keys."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def compiled_methods(model: onnx.ModelProto) -> list[str]:
     raw = metadata(model).get("onnxsplit.attribution.methods")
     return json.loads(raw) if raw else []
@@ -39,14 +52,15 @@ def attribution_model(model_path: Path, method: str, target_layer: str | None) -
     """(path of a model that computes `method`, whether it came from the cache).
 
     An already converted model that carries the method is used as it is; an original model is
-    converted on the fly and cached by content hash, method, layer and onnxsplit version.
+    converted on the fly and cached by content hash, method, layer, onnxsplit version and a
+    fingerprint of the compiler's own source (so a changed compiler never serves a map of an
+    older one).
     """
     model = load_model(model_path)
     if method in compiled_methods(model):
         return model_path, False
-    key = hashlib.sha256(
-        f"{file_sha256(model_path)}|{method}|{target_layer}|{__version__}".encode()
-    ).hexdigest()[:24]
+    fields = [file_sha256(model_path), method, target_layer, __version__, compiler_fingerprint()]
+    key = hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()[:24]
     cached = cache_root() / "compiled" / f"{model_path.stem}-{method}-{key}.onnx"
     if cached.exists():
         try:
