@@ -917,13 +917,10 @@ def _route_to_max(bw: Backward, x: gs.Tensor, y_kept, dy_kept, axes: list[int]):
     """dy shared evenly by the positions equal to the maximum (torch's amax rule): k tied
     maxima get dy / k each, so the input gradient sums to dy (not k dy)."""
     em = bw.em
-    tied = em.one("Cast", [em.one("Equal", [x, y_kept])], {"to": _onnx_type(em.dtype)})
+    to = int(onnx.helper.np_dtype_to_tensor_dtype(em.dtype))
+    tied = em.one("Cast", [em.one("Equal", [x, y_kept])], {"to": to})
     count = bw.reduce_sum(tied, axes, keepdims=True)
-    return em.one("Mul", [tied, em.one("Div", [dy_kept, count])])
-
-
-def _onnx_type(dtype) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return em.mul(tied, em.one("Div", [dy_kept, count]))
 
 
 @adjoint("GlobalMaxPool", summary="dy shared by the positions equal to the maximum")

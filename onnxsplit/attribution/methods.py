@@ -722,24 +722,14 @@ class SplitLRP(AttributionMethod):
             )
             r_h, _ = self.relevance(ctx, split, split.h, "h", overrides)
             em.scope = self.name
-            the_map, map_h = ctx.channel_sum(r_map), ctx.channel_sum(r_h)
-            weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
-            out = {
-                f"map_{self.name}": the_map,
-                f"map_{self.name}_g": em.add(the_map, weighted),
-                f"map_{self.name}_h": map_h,
-            }
+            maps = (ctx.channel_sum(r_map), ctx.channel_sum(r_h))
+            out = split_outputs(ctx, self.name, *maps, self.lam, single_pass=True)
         else:
             r_g, abs_g = self.relevance(ctx, split, split.g, "g", overrides)
             r_h, abs_h = self.relevance(ctx, split, split.h, "h", overrides)
             em.scope = self.name
-            map_g, map_h = ctx.channel_sum(r_g), ctx.channel_sum(r_h)
-            weighted = weigh_negative(ctx, map_g, map_h, self.lam)
-            out = {
-                f"map_{self.name}": em.sub(map_g, weighted),
-                f"map_{self.name}_g": map_g,
-                f"map_{self.name}_h": map_h,
-            }
+            maps = (ctx.channel_sum(r_g), ctx.channel_sum(r_h))
+            out = split_outputs(ctx, self.name, *maps, self.lam, single_pass=False)
         if self.contrast:  # R_g of the other classes' g-streams (softmax-weighted)
             r_c, _ = self.relevance(ctx, split, split.g, "c", overrides, self._other_classes(ctx))
             out[f"map_{self.name}_c"] = ctx.channel_sum(r_c)
@@ -805,21 +795,22 @@ class SplitGrad(SplitLRP):
                 parts.append(em.neg(em.one("Where", [below, grads[split.x_neg.name], zero])))
             total = em.total(parts) if parts else em.mul(ctx.data, zero)
             maps.append(ctx.channel_sum(total))
-        if one_pass:
-            the_map, map_h = maps
-            weighted = map_h if self.lam == 1.0 else em.mul(map_h, ctx.scalar(self.lam))
-            return {
-                f"map_{self.name}": the_map,
-                f"map_{self.name}_g": em.add(the_map, weighted),
-                f"map_{self.name}_h": map_h,
-            }
-        map_g, map_h = maps
-        weighted = weigh_negative(ctx, map_g, map_h, self.lam)
+        return split_outputs(ctx, self.name, *maps, self.lam, single_pass=one_pass)
+
+
+def split_outputs(ctx, name: str, first, map_h, lam, single_pass: bool) -> dict:
+    """map_<name>, map_<name>_g and map_<name>_h of SplitLRP / SplitGrad from their two
+    passes: `first` is the map itself (R_g - lam R_h from one pass seeded (1, -lam); then
+    R_g = map + lam R_h) when `single_pass`, else R_g."""
+    em = ctx.em
+    weighted = weigh_negative(ctx, first, map_h, lam)
+    if single_pass:
         return {
-            f"map_{self.name}": em.sub(map_g, weighted),
-            f"map_{self.name}_g": map_g,
-            f"map_{self.name}_h": map_h,
+            f"map_{name}": first,
+            f"map_{name}_g": em.add(first, weighted),
+            f"map_{name}_h": map_h,
         }
+    return {f"map_{name}": em.sub(first, weighted), f"map_{name}_g": first, f"map_{name}_h": map_h}
 
 
 BALANCED = "balanced"
