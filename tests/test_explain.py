@@ -133,7 +133,7 @@ def test_explain_npy_inputs_with_a_sample_model(tmp_path) -> None:
 
 
 def test_a_changed_compiler_does_not_reuse_cached_models(tmp_path, monkeypatch) -> None:
-    import onnxsplit.explain.runner as runner
+    import onnxsplit.compile_key as compile_key
 
     monkeypatch.setenv("ONNXSPLIT_CACHE", str(tmp_path / "cache"))
     np.save(tmp_path / "one.npy", np.load(SAMPLES / "digits_test_inputs.npy")[:1])
@@ -147,7 +147,7 @@ def test_a_changed_compiler_does_not_reuse_cached_models(tmp_path, monkeypatch) 
 
     first, second = explain("a"), explain("b")
     assert "(cache)" not in first and "(cache)" in second
-    monkeypatch.setattr(runner, "compiler_fingerprint", lambda: "another-compiler")
+    monkeypatch.setattr(compile_key, "compiler_fingerprint", lambda: "another-compiler")
     assert "(cache)" not in explain("c")
 
 

@@ -170,14 +170,12 @@ class CompiledModels:
         gc.collect()
 
     def _compiled(self, model: onnx.ModelProto, key: str, method: str) -> bytes:
-        from onnxsplit import __version__
         from onnxsplit.attribution.attach import attach_methods
-        from onnxsplit.explain.runner import compiler_fingerprint
+        from onnxsplit.compile_key import compiled_model_key
 
         path = None
         if self.cache_dir is not None and key in self.persistent:
-            fields = [key, method, self.target_layer, __version__, compiler_fingerprint()]
-            tag = hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()[:16]
+            tag = compiled_model_key(key, method, self.target_layer, 16)
             path = self.cache_dir / f"{key}-{method}-{tag}.onnx"
             if path.is_file():
                 return path.read_bytes()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxsplit import __version__
+from onnxsplit.compile_key import compiled_model_key
 from onnxsplit.emit import metadata, save_model
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.explain.inputs import Item, iterate
@@ -29,18 +27,6 @@ from onnxsplit.runtime import make_session, provider_used
 def cache_root() -> Path:
     root = os.environ.get("ONNXSPLIT_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "onnxsplit"
-
-
-@functools.cache
-def compiler_fingerprint() -> str:
-    """sha256 (16 hex digits) of the onnxsplit package's Python source, which compiles the
-    attribution models: any change to it gives new cache keys."""
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def compiled_methods(model: onnx.ModelProto) -> list[str]:
@@ -59,8 +45,7 @@ def attribution_model(model_path: Path, method: str, target_layer: str | None) -
     model = load_model(model_path)
     if method in compiled_methods(model):
         return model_path, False
-    fields = [file_sha256(model_path), method, target_layer, __version__, compiler_fingerprint()]
-    key = hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()[:24]
+    key = compiled_model_key(file_sha256(model_path), method, target_layer, 24)
     cached = cache_root() / "compiled" / f"{model_path.stem}-{method}-{key}.onnx"
     if cached.exists():
         try:
