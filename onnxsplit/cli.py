@@ -12,6 +12,14 @@ import numpy as np
 from onnxsplit.errors import OnnxSplitError
 
 
+def device_option(help: str | None = None):
+    """--device auto|cpu|cuda (onnxsplit.runtime.DEVICES)."""
+    choices = ["auto", "cpu", "cuda"]
+    return click.option(
+        "--device", type=click.Choice(choices), default="auto", show_default=True, help=help
+    )
+
+
 def user_errors(command):
     """Print an OnnxSplitError as one message (no traceback) and exit non-zero."""
 
@@ -66,13 +74,7 @@ def main() -> None:
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--no-probe", is_flag=True, help="Skip the exactness probe on a random input.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Execution provider for the probe.",
-)
+@device_option("Execution provider for the probe.")
 @click.option(
     "--methods",
     default=None,
@@ -197,9 +199,7 @@ def ops(markdown):
     show_default=True,
 )
 @click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@device_option()
 @click.option(
     "--preprocess",
     "preprocess_spec",
@@ -363,9 +363,7 @@ def export_web(
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--limit", default=None, type=int, help="Use at most this many samples.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@device_option()
 @user_errors
 def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limit, device):
     """Score every method with Quantus metrics; write results.csv/.md and ranks.png."""
@@ -466,9 +464,7 @@ def methods():
     show_default=True,
     help="Folder for the demo's outputs.",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@device_option()
 @user_errors
 def demo(out_dir, device):
     """Convert the bundled sample model and run it on the bundled digit image."""

@@ -54,17 +54,18 @@ def export_lean(graph: gs.Graph) -> onnx.ModelProto:
         t.name: t
         for t in graph.tensors().values()
         if isinstance(t, gs.Constant)
-        and t._export_dtype is None
+        and t.export_dtype == t.dtype
         and int(np.prod(t.shape)) > skeleton.SMALL_ELEMENTS
     }
+    # `_values`, not `values`: reading `values` would load the lazily imported ones
     saved = {name: t._values for name, t in large.items()}
     try:
         for t in large.values():
-            t._values = np.zeros(0, dtype=t.dtype)
+            t.values = np.zeros(0, dtype=t.dtype)
         model = gs.export_onnx(graph)
     finally:
         for name, t in large.items():
-            t._values = saved[name]
+            t.values = saved[name]
     keep = [t for t in model.graph.initializer if t.name not in large]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
