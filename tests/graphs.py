@@ -207,3 +207,22 @@ def cases() -> dict[str, onnx.ModelProto]:
         },
     )
     return c
+
+
+def vector_model(
+    nodes, inits=None, inputs=("x",), outputs=("y",), width: int = 4, check: bool = True
+) -> onnx.ModelProto:
+    """A float [N, width] model built with onnx.helper; check=False for deliberately broken
+    graphs (dangling tensors, cycles) that the checker would refuse."""
+    graph = helper.make_graph(
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    return model

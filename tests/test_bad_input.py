@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 from pathlib import Path
 
+import graphs
 import numpy as np
 import onnx
 import pytest
@@ -55,21 +57,8 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def vector_model(
-    nodes, inputs=("a",), outputs=("y",), inits=None, width: int = 4
-) -> onnx.ModelProto:
-    """A float [N, width] model built with onnx.helper."""
-    graph = helper.make_graph(
-        nodes,
-        "bad",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+# these graphs read the input 'a'
+vector_model = functools.partial(graphs.vector_model, inputs=("a",))
 
 
 def weight(*shape: int) -> np.ndarray:

@@ -10,6 +10,7 @@ all of them pass now and stay as regression tests.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import struct
@@ -20,7 +21,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
+from graphs import vector_model
+from onnx import helper
 from PIL import Image
 
 from onnxsplit.cli import main
@@ -58,17 +60,7 @@ def assert_clear_error(result, *fragments: str, code: int = 2) -> None:
         assert fragment in result.output, f"{fragment!r} not in:\n{result.output}"
 
 
-def model_of(nodes, inits=None, inputs=("x",), outputs=("y",), width=4) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "bad",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+model_of = functools.partial(vector_model, check=False)  # broken on purpose
 
 
 def explain_digits(tmp_path: Path, *inputs, extra=()):
