@@ -391,15 +391,7 @@ class GatedSplitLRP(M.SplitLRP):
         return {f"map_{self.name}": diff, **out}
 
 
-BASELINES = (
-    "gradient",
-    "gradient_x_input",
-    "gradcam",
-    "layercam",
-    "lrp_epsilon",
-    "lrp_zplus",
-    "lrp_epsilon_plus",
-)
+BASELINES = tuple(name for name in M.METHODS if not name.startswith("split"))
 
 
 def method_specs() -> dict[str, Spec]:

@@ -172,16 +172,7 @@ def build_faces(root: Path, n: int = 100, seed: int = 0) -> Path:
 
 
 # ------------------------------------------------------------------------------ main
-BASELINES = (
-    "gradient",
-    "gradient_x_input",
-    "gradcam",
-    "layercam",
-    "lrp_epsilon",
-    "lrp_zplus",
-    "lrp_epsilon_plus",
-    "lrp_eps_plus_last",
-)
+BASELINES = (*R.BASELINES, "lrp_eps_plus_last")
 SPLIT = ("splitlrp", "splitlrp_bal", "splitlrp_l15", "splitcam", "splitcam_bal", "splitcam_relu")
 EXTRA = ("csplit", "clrp_eps_plus", "gated_head")
 
