@@ -498,9 +498,12 @@ def _flipped_conv(bw, grad, weight, kernel, strides, dilations, begin, end, extr
     """A ConvTranspose with constant weights as the equivalent Conv: weights flipped in space,
     in/out channels swapped per group, strides > 1 (2-D) by zero insertion into the adjoint.
     The same numbers, and onnxruntime's CPU Conv kernels are several times faster than its
-    ConvTranspose (depthwise ones above all). None where it does not apply."""
+    ConvTranspose for depthwise and stride-1 layers. None where it does not apply, and for
+    strided ungrouped layers, where onnxruntime's ConvTranspose (GEMM + col2im, no zeros
+    multiplied) is 3-14x faster than a Conv over the zero-inserted adjoint (EfficientNet's
+    stem, 32 -> 3 channels: 1.5 vs 21 ms at batch 4; 3x3 256 -> 128: 4.8 vs 16.6 ms)."""
     w = constant_value(weight)
-    if w is None:
+    if w is None or (group == 1 and any(s != 1 for s in strides)):
         return None
     span = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
     # on the input upsampled by zero insertion (length size * s, s - 1 zeros after each value)

@@ -580,12 +580,16 @@ class SplitCAM(AttributionMethod):
         }
 
 
-def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[SubgraphAdjoint]:
+def ratio_overrides(
+    ctx: AttributionContext, split: MergedSplit, maxout: str = "wta"
+) -> list[SubgraphAdjoint]:
     """Re-centerings in SplitLRP's ratio form: s_in = s_out * out / in per stream (relevance
-    passes unchanged), and the seeded affine layers (split.block_overrides()). The factors are
-    built once per split graph and shared by every pass."""
-    if split.ratio_overrides is not None:
-        return split.ratio_overrides
+    passes unchanged), and the seeded affine layers (split.block_overrides()). With
+    winner-takes-all maxout, a re-centered Relu / ReLU6 output A is one step from the
+    rectifier's input pair (p, q): s_p = s_out * A / p (Recentering.rectifier_adjoint). The
+    factors are built once per split graph and shared by every pass."""
+    if maxout in split.ratio_overrides:
+        return split.ratio_overrides[maxout]
     bw = Backward(ctx.graph, ctx.em, ctx.opset)
     scope, ctx.em.scope = ctx.em.scope, "split_relevance/recenter"
     result = []
@@ -596,14 +600,18 @@ def ratio_overrides(ctx: AttributionContext, split: MergedSplit) -> list[Subgrap
         # output) has neg_out = relu(A) - A = 0: its factor is 0, so no relevance flows back
         # into the negative stream (None: the nodes that would carry zeros are skipped)
         zero_neg = known and non_negative_source(r.source)
+        if zero_neg and maxout == "wta" and r.rectifier_pos is not None:
+            factor = lrp.safe_ratio(bw, r.pos_out, r.rectifier_pos, non_negative=True)
+            result.append(r.rectifier_adjoint(factor))
+            continue
         factors = (
             lrp.safe_ratio(bw, r.pos_out, r.pos_in, known),
             None if zero_neg else lrp.safe_ratio(bw, r.neg_out, r.neg_in, known),
         )
         result.append(r.adjoint(_scaled_identity(factors)))
     ctx.em.scope = scope
-    split.ratio_overrides = result + split.block_overrides(drop_zero_neg=True)
-    return split.ratio_overrides
+    split.ratio_overrides[maxout] = result + split.block_overrides(drop_zero_neg=True)
+    return split.ratio_overrides[maxout]
 
 
 class SplitLRP(AttributionMethod):
@@ -664,7 +672,9 @@ class SplitLRP(AttributionMethod):
         return em.one("Div", [others, em.max(total, ctx.scalar(1e-30))])
 
     def _overrides(self, ctx, split) -> list[SubgraphAdjoint]:
-        return split.overrides() if self.form == "relevance" else ratio_overrides(ctx, split)
+        if self.form == "relevance":
+            return split.overrides()
+        return ratio_overrides(ctx, split, self.maxout)
 
     def relevance(self, ctx, split, stream, label, overrides, weights=None, minus=None):
         """Input relevance ([N, C, H, W], x+ and x- parts added) of one stream's logit (of

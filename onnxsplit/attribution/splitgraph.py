@@ -50,6 +50,12 @@ class Recentering:
     pos_out: gs.Tensor
     neg_out: gs.Tensor
     source: gs.Tensor | None = None  # seeded: the original tensor the outputs are made from
+    # a seeded re-centering of a Relu / Clip(0, hi) output A: the positive stream p of the
+    # rectifier's input pair (p, q). Its positive input is max(p, q), whose winner-takes-all
+    # adjoint goes to p where p >= q and to q only where relu(p - q) = A = 0, i.e. with a
+    # zero factor A / max(p, q): so the rectifier and the re-centering together have the
+    # adjoint s -> (s * A / p) on p alone (`rectifier_adjoint`), without masks.
+    rectifier_pos: gs.Tensor | None = None
 
     def inputs(self) -> tuple[str, ...]:
         names = (self.pos_in.name, self.neg_in.name)
@@ -69,6 +75,17 @@ class Recentering:
 
     def override(self) -> SubgraphAdjoint:
         return self.adjoint(lambda bw, douts: list(douts))
+
+    def rectifier_adjoint(self, factor: gs.Tensor) -> SubgraphAdjoint:
+        """The rectifier and this re-centering as one step in SplitLRP's ratio form with
+        winner-takes-all maxout: s_p = s_out * factor (factor = A / p), nothing to q."""
+        assert self.rectifier_pos is not None and self.source is not None
+
+        def fn(bw: Backward, douts):
+            d = douts[0]
+            return [None if d is None else bw.em.mul(d, factor), None]
+
+        return SubgraphAdjoint((self.rectifier_pos.name, self.source.name), self.outputs(), fn)
 
 
 @dataclass
@@ -107,22 +124,23 @@ class SeededBlock:
             em = bw.em
             if dp is None and dq is None:
                 return [None, None, *extra]
-            if drop_zero_neg and self.zero_neg and sink is None:
-                w = 2 * self.half_weight  # s_p = W+^T s_p' + W-^T s_q', s_q unused
+            w = 2 * self.half_weight
+            w_pos, w_neg = (np.maximum(v, 0).astype(w.dtype) for v in (w, -w))
+            if drop_zero_neg and self.zero_neg:  # s_p = W+^T s_p' + W-^T s_q', s_q unused
                 parts = [
-                    self._transposed(bw, d, part.astype(w.dtype))
-                    for d, part in ((dp, np.maximum(w, 0)), (dq, np.maximum(-w, 0)))
+                    self._transposed(bw, d, part)
+                    for d, part in ((dp, w_pos), (dq, w_neg))
                     if d is not None
                 ]
-                return [em.total(parts), None, *extra]
-            if dq is None:
-                sigma = delta = dp
-            elif dp is None:
-                sigma, delta = dq, em.neg(dq)
+                grads = [em.total(parts), None]
+            elif dp is None or dq is None:  # one output stream's adjoint d: W+^T d, W-^T d
+                d, first, second = (dp, w_pos, w_neg) if dq is None else (dq, w_neg, w_pos)
+                grads = [self._transposed(bw, d, first), self._transposed(bw, d, second)]
             else:
                 sigma, delta = em.add(dp, dq), em.sub(dp, dq)
-            a = self._transposed(bw, sigma, np.abs(self.half_weight))
-            b = self._transposed(bw, delta, self.half_weight)
+                a = self._transposed(bw, sigma, np.abs(self.half_weight))
+                b = self._transposed(bw, delta, self.half_weight)
+                grads = [em.add(a, b), em.sub(a, b)]
             if sink is not None and self.bias_parts is not None:
                 terms = [
                     em.mul(d, em.const(part.astype(em.dtype), "bias"))
@@ -131,9 +149,7 @@ class SeededBlock:
                 ]
                 if terms:
                     sink.append(lrp._per_sample_sum(bw, em.total(terms), self.pos_out))
-            if drop_zero_neg and self.zero_neg:
-                return [em.add(a, b), None, *extra]
-            return [em.add(a, b), em.sub(a, b), *extra]
+            return [*grads, *extra]
 
         inputs = (self.pos_in.name, self.neg_in.name)
         return SubgraphAdjoint(
@@ -171,7 +187,7 @@ class MergedSplit:
     x_neg: gs.Tensor | None = None  # relu(-x)
     streams: dict[str, tuple[gs.Tensor, gs.Tensor]] = field(default_factory=dict)
     recenterings: list[Recentering] = field(default_factory=list)
-    ratio_overrides: list | None = None  # SplitLRP's re-centering adjoints, built once
+    ratio_overrides: dict = field(default_factory=dict)  # SplitLRP's, per maxout, built once
     blocks: list[SeededBlock] = field(default_factory=list)
 
     def overrides(self) -> list[SubgraphAdjoint]:
@@ -305,6 +321,7 @@ def merge_split_graph(
         Recentering(
             *(tensors[prefix + n] for n in names[:4]),
             None if names[4] is None else source[names[4]],
+            tensors.get(prefix + split.rectified.get(names[2], "")),
         )
         for names in split.recentered
         if all(prefix + n in tensors for n in names[:4])

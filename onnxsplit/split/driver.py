@@ -12,6 +12,7 @@ from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError, UnsupportedModelError
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import RULES, supported_ops
+from onnxsplit.split.rules_rectifiers import clip_bounds
 from onnxsplit.split.values import SPLIT, Abstract, Const, Pair, Plain, SplitMarker, Value
 from onnxsplit.stabilize import Stabilizer
 
@@ -62,6 +63,10 @@ class SplitGraph:
     recentered: list[tuple[str, str, str, str, str | None]] = field(default_factory=list)
     # seeded affine layers (rules_affine.AffineBlock), whose backward pass is an override
     blocks: list = field(default_factory=list)
+    # seeded re-centerings of a Relu / Clip(0, hi) output: pos out name -> the positive stream
+    # p of the rectifier's input pair (p, q); the rectifier passes A = relu(p - q) (capped)
+    # and its winner-takes-all adjoint reaches p alone (see attribution.splitgraph.Recentering)
+    rectified: dict[str, str] = field(default_factory=dict)
 
 
 def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
@@ -239,6 +244,8 @@ def split_graph(
                 result.recentered.append(
                     (value.pos.name, value.neg.name, stable.pos.name, stable.neg.name, seeded_from)
                 )
+                if seeded_from and stable.zero_neg and _rectifies_at_zero(node, inputs):
+                    result.rectified[stable.pos.name] = inputs[0].pos.name
                 value = stable
             values[tensor.name] = value
 
@@ -265,6 +272,18 @@ def split_graph(
     graph.cleanup().toposort()
     result.blocks = list(em.blocks)
     return result
+
+
+def _rectifies_at_zero(node: gs.Node, inputs: list[Value | None]) -> bool:
+    """A Relu, or a Clip whose lower bound is 0, of a split pair: its output's positive stream
+    is max(p, q) (ReLU6: the cap only adds to the negative stream)."""
+    if not inputs or not isinstance(inputs[0], Pair):
+        return False
+    if node.op == "Relu":
+        return True
+    if node.op == "Clip":
+        return clip_bounds(node, inputs)[0] == 0.0
+    return False
 
 
 def _downstream_nodes(graph: gs.Graph, name: str) -> set[int]:
