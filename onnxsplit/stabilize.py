@@ -35,9 +35,12 @@ class Stabilizer:
         tensor `original` (which pos - neg equals up to rounding) and relu(-d) = relu(d) - d."""
         if em.seeded and original is not None:
             difference = em.original(original)
+            if non_negative_source(original):  # relu(A) = A, relu(-A) = 0
+                pos = em.one("Identity", [difference])
+                return Pair(pos, em.sub(pos, difference), difference, zero_neg=True, total=pos)
             pos = em.relu(difference)
-            zero = non_negative_source(original)
-            return Pair(pos, em.sub(pos, difference), difference, zero_neg=zero)
+            total = em.one("Abs", [difference])  # relu(d) + relu(-d)
+            return Pair(pos, em.sub(pos, difference), difference, total=total)
         difference = em.sub(pair.pos, pair.neg)
         return Pair(em.relu(difference), em.relu(em.neg(difference)), difference)
 

@@ -109,15 +109,16 @@ class SeededBlock:
     neg_out: gs.Tensor
     mass: gs.Node  # a map of the block reading `total` (its weight is replaced)
     total: gs.Tensor
-    half_weight: np.ndarray
-    bias_parts: tuple[np.ndarray, np.ndarray] | None
+    half_weight: np.ndarray  # W / 2, times the scale of (p', q') (2: the block emits 2p', 2q')
+    bias_parts: tuple[np.ndarray, np.ndarray] | None  # (b+, b-), times the same scale
     zero_neg: bool = False  # q = relu(A) - A = 0 by construction (A >= 0 in the source)
 
     def override(self, sink: list | None = None, drop_zero_neg: bool = False) -> SubgraphAdjoint:
         """drop_zero_neg: give q no adjoint when it is 0 by construction (SplitLRP's ratio
         form, where the re-centering that made q multiplies its adjoint by q / q_in = 0)."""
 
-        extra = [] if self.original is None else [None]
+        constants = self._constant_inputs()  # read by the block, given no adjoint
+        extra = [None] * len(constants)
 
         def fn(bw: Backward, douts):
             dp, dq = douts
@@ -151,12 +152,23 @@ class SeededBlock:
                     sink.append(lrp._per_sample_sum(bw, em.total(terms), self.pos_out))
             return [*grads, *extra]
 
-        inputs = (self.pos_in.name, self.neg_in.name)
         return SubgraphAdjoint(
-            inputs if self.original is None else (*inputs, self.original.name),
+            (self.pos_in.name, self.neg_in.name, *constants),
             (self.pos_out.name, self.neg_out.name),
             fn,
         )
+
+    def _constant_inputs(self) -> list[str]:
+        """The source tensor f and, where the mass p + q was not summed from the streams
+        (a re-centering's |A|), the tensor it was computed from."""
+        names = [] if self.original is None else [self.original.name]
+        streams = {self.pos_in.name, self.neg_in.name}
+        made = self.total.inputs[0] if self.total.inputs else None
+        if self.total.name not in streams and not (
+            made is not None and {t.name for t in made.inputs} <= streams
+        ):
+            names.append(self.total.name)
+        return names
 
     def _transposed(self, bw: Backward, grad: gs.Tensor, weight: np.ndarray):
         """The adjoint of the block's map with the weights `weight`."""

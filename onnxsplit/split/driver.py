@@ -202,6 +202,7 @@ def split_graph(
     # the fast form relies on minimal pairs, which only a re-centering stabilizer maintains
     stable = bool(stabilizer.recenter_kinds)
     em = Emitter(graph, canonical.opset, dtype, fast=fast and stable, seeded=seeded and stable)
+    em.exposed = set(expose)
     x = gs.Variable(seed.name, dtype=seed.dtype or data_input.dtype, shape=seed.shape)
     graph.inputs = [x]
     em.scope = "input"
@@ -259,10 +260,13 @@ def split_graph(
         tensor.name, tensor.dtype, tensor.shape = name, dtype, output.shape
     graph.outputs = [logits, g, h, *exposed_outputs]
     if em.seeded:  # seeded re-centerings read the source: keep the streams they re-center
-        # (and a zero negative stream that nothing reads), which the backward passes refer to
+        # and the seeded layers' inputs (a zero negative stream may have no reader), which
+        # the backward passes refer to
         kept = {t.name for t in graph.outputs}
-        for names in result.recentered:
-            for name in names[:4]:
+        streams = [names[:4] for names in result.recentered]
+        streams += [(b.pos_in, b.neg_in) for b in em.blocks]  # a zero q may have no reader
+        for names in streams:
+            for name in names:
                 tensor = graph.tensors().get(name)
                 if tensor is not None and name not in kept:
                     kept.add(name)

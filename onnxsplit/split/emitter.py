@@ -32,6 +32,7 @@ class Emitter:
         # p + q (rules_affine._split_linear_seeded); each such layer is recorded in `blocks`
         self.seeded = seeded
         self.blocks: list = []
+        self.exposed: set[str] = set()  # source tensors whose streams are read as they are
         self.originals: dict[str, gs.Variable] = {}
         self.opset = opset
         self.dtype = np.dtype(dtype)

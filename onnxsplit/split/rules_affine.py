@@ -102,21 +102,34 @@ def _split_linear_seeded(
                 y = em.plus_const(y, b.astype(bias.dtype))
         return y, node
 
-    if pair.zero_neg:
-        # q = 0 by construction: (W+ p + b+, W- p + b-), two maps and no elementwise pass
+    rectified = _feeds_rectifiers_only(original) and original.name not in em.exposed
+    scale = 1.0
+    if pair.zero_neg and rectified:
+        # q = 0 by construction and only p' is read on (by the rectifier's ratio step):
+        # (W+ p + b+, W- p + b-), whose second map nothing reads
         total, source = pair.pos, None
         pos, node = mapped(
             total, positive_part(weight), bias if bias is None else positive_part(bias)
         )
         neg, _ = mapped(total, negative_part(weight), bias if bias is None else negative_part(bias))
-    else:
-        total = em.add(pair.pos, pair.neg)
-        mass, node = mapped(
-            total, np.abs(weight) * half, bias if bias is None else np.abs(bias) * half
-        )
-        half_f = em.mul(em.original(original), half)
-        pos, neg = em.add(mass, half_f), em.sub(mass, half_f)
+    else:  # one map of the mass p + q (q = 0: of p) and f from the source
+        total = pair.pos if pair.zero_neg else pair.total or em.add(pair.pos, pair.neg)
         source = original.name
+        f = em.original(original)
+        if rectified:
+            # only the rectifier reads the streams, and its ratio step is scale-free: emit
+            # (2p', 2q') = (m + f, m - f) with m = |W| (p + q) + |b|, so that the sum is one
+            # addition of two convolution outputs (onnxruntime keeps it in its blocked
+            # layout and fuses it into the map) instead of halving f first
+            scale = 2.0
+            mass, node = mapped(total, np.abs(weight), bias if bias is None else np.abs(bias))
+            pos, neg = em.add(mass, f), em.sub(mass, f)
+        else:
+            mass, node = mapped(
+                total, np.abs(weight) * half, bias if bias is None else np.abs(bias) * half
+            )
+            half_f = em.mul(f, half)
+            pos, neg = em.add(mass, half_f), em.sub(mass, half_f)
     em.blocks.append(
         AffineBlock(
             pair.pos.name,
@@ -126,18 +139,34 @@ def _split_linear_seeded(
             neg.name,
             node.name,
             total.name,
-            (weight * half).astype(weight.dtype),
-            None if bias is None else (positive_part(bias), negative_part(bias)),
+            (weight * half * scale).astype(weight.dtype),
+            None if bias is None else (positive_part(bias) * scale, negative_part(bias) * scale),
             pair.zero_neg,
         )
     )
     return Pair(pos, neg)
 
 
+def _feeds_rectifiers_only(tensor: gs.Tensor) -> bool:
+    """Whether every reader of the source tensor is a Relu or a Clip with lower bound 0."""
+    readers = list(tensor.outputs)
+    return bool(readers) and all(
+        node.op == "Relu" or (node.op == "Clip" and _clip_floor(node) == 0.0) for node in readers
+    )
+
+
+def _clip_floor(node: gs.Node) -> float | None:
+    if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        return float(np.asarray(node.inputs[1].values).reshape(-1)[0])
+    value = node.attrs.get("min")
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class AffineBlock:
-    """A seeded affine layer (p, q, f) -> (p', q'): tensor names, the name of its |W|/2 node
-    (reading `total` = p + q), W / 2, and (b+, b-) for the absorbed bias shares."""
+    """A seeded affine layer (p, q, f) -> (p', q'): tensor names, the name of its map node
+    (reading `total` = p + q), W / 2, and (b+, b-) for the absorbed bias shares; the last two
+    times the scale of the emitted streams (2 where it emits (2p', 2q') for a rectifier)."""
 
     pos_in: str
     neg_in: str

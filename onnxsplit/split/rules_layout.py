@@ -48,8 +48,17 @@ def per_stream(
                 operands.append(value.tensor)
         outputs.append(em.op(node.op, operands, dict(node.attrs), len(node.outputs)))
     differences = _selection_of_differences(em, node, inputs, data_inputs)
+    # each op here maps a zero stream to zero, so a zero negative stream stays zero where
+    # the constants it mixes in (pad values, concatenated data) have no negative part
+    zero_neg = all(
+        value.zero_neg
+        if isinstance(value, Pair)
+        else not (isinstance(value, Const) and i in data_inputs and np.any(value.value < 0))
+        for i, value in enumerate(inputs)
+        if value is not None
+    ) and any(isinstance(value, Pair) for value in inputs)
     return [
-        Pair(pos, neg, difference)
+        Pair(pos, neg, difference, zero_neg)
         for pos, neg, difference in zip(*outputs, differences, strict=True)
     ]
 

@@ -34,6 +34,7 @@ class Pair:
     neg: gs.Variable
     difference: gs.Variable | None = None
     zero_neg: bool = False  # neg is 0 by construction (re-centered from a tensor >= 0)
+    total: gs.Variable | None = None  # pos + neg where a rule has it at no cost
 
 
 Value = Const | Plain | Pair
