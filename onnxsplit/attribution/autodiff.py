@@ -160,8 +160,36 @@ class Backward:
     def zeros_like(self, tensor: gs.Tensor) -> gs.Variable:
         return self.em.one("Expand", [self.scalar(0.0), self.shape_of(tensor)], hint="zeros")
 
-    def reshape_like(self, grad: gs.Tensor, tensor: gs.Tensor) -> gs.Variable:
-        return self.em.one("Reshape", [grad, self.shape_of(tensor)])
+    def shape_from(self, tensor: gs.Tensor, like: gs.Tensor | None, keep: int) -> gs.Tensor:
+        """The shape of `tensor` as a constant for an op applied to a tensor shaped like
+        `like`, where every dimension that is not static (the batch) is the same symbol in
+        both and is written as `keep` (Reshape: 0 copies it; Expand: 1 keeps it). Shape
+        inference then carries the symbol on, which onnxruntime needs to keep a backward
+        pass in its blocked layout; a runtime Shape where that does not hold."""
+        dims, others = tensor.shape, None if like is None else like.shape
+        aligned = others is not None and (keep == 0 or len(others) == len(dims or ()))
+        if dims is not None and aligned:  # Reshape copies dim i; Expand aligns equal ranks
+            constant = []
+            for i, d in enumerate(dims):
+                if isinstance(d, int | np.integer) and d >= 0:
+                    constant.append(int(d))
+                elif isinstance(d, str) and d and i < len(others) and others[i] == d:
+                    constant.append(keep)
+                else:
+                    break
+            else:
+                return self.i64(constant, "shape")
+        return self.shape_of(tensor)
+
+    def reshape_like(
+        self, grad: gs.Tensor, tensor: gs.Tensor, like: gs.Tensor | None = None
+    ) -> gs.Variable:
+        """Reshape(grad, shape of tensor); like: the primal tensor grad has the shape of."""
+        return self.em.one("Reshape", [grad, self.shape_from(tensor, like, 0)])
+
+    def expand_like(self, grad: gs.Tensor, tensor: gs.Tensor, like: gs.Tensor) -> gs.Variable:
+        """Expand(grad) to the shape of `tensor`; like: the primal tensor grad is shaped as."""
+        return self.em.one("Expand", [grad, self.shape_from(tensor, like, 1)])
 
     def reduce_sum(self, grad: gs.Tensor, axes: Sequence[int], keepdims: bool) -> gs.Variable:
         if not axes:
@@ -876,7 +904,7 @@ def _mean_scale(bw: Backward, x: gs.Tensor, y: gs.Tensor) -> gs.Tensor:
 @adjoint("GlobalAveragePool", summary="Expand(dy) / (spatial size)")
 def _global_avgpool(bw, node, douts, needs):
     x, y = node.inputs[0], node.outputs[0]
-    expanded = bw.em.one("Expand", [douts[0], bw.shape_of(x)])
+    expanded = bw.expand_like(douts[0], x, y)
     return [bw.em.mul(expanded, _mean_scale(bw, x, y))]
 
 
@@ -956,7 +984,8 @@ def _reduce_max(bw, node, douts, needs):
 def _reshape(bw, node, douts, needs):
     if any(needs[1:]):
         raise _Unsupported("the target shape depends on the differentiated values")
-    return [bw.reshape_like(douts[0], node.inputs[0])] + [None] * (len(node.inputs) - 1)
+    grad = bw.reshape_like(douts[0], node.inputs[0], node.outputs[0])
+    return [grad] + [None] * (len(node.inputs) - 1)
 
 
 @adjoint("Expand", summary="sum over the broadcast axes")
@@ -1007,9 +1036,15 @@ def _pad(bw, node, douts, needs):
         grad = _fold_border(bw, x, douts[0], axes, begin, pads[half:], mode)
         return [grad] + [None] * (len(node.inputs) - 1)
     em = bw.em
-    shape = bw.shape_of(x)
-    size = em.one("Gather", [shape, bw.i64(axes, "axes")], {"axis": 0})
-    ends = em.add(size, bw.i64(begin, "begin"))
+    padded = [i for i in range(half) if begin[i] or pads[half + i]]  # slice those axes only
+    axes, begin = [axes[i] for i in padded], begin[padded]
+    sizes = [x.shape[a] if x.shape is not None else None for a in axes]
+    if all(isinstance(d, int | np.integer) and d >= 0 for d in sizes):  # static: constants
+        ends = bw.i64([int(b) + int(d) for b, d in zip(begin, sizes, strict=True)], "end")
+    else:
+        shape = bw.shape_of(x)
+        size = em.one("Gather", [shape, bw.i64(axes, "axes")], {"axis": 0})
+        ends = em.add(size, bw.i64(begin, "begin"))
     grad = em.one("Slice", [douts[0], bw.i64(begin, "begin"), ends, bw.i64(axes, "axes")])
     return [grad] + [None] * (len(node.inputs) - 1)
 

@@ -601,8 +601,10 @@ def ratio_overrides(
         # into the negative stream (None: the nodes that would carry zeros are skipped)
         zero_neg = known and non_negative_source(r.source)
         if zero_neg and maxout == "wta" and r.rectifier_pos is not None:
-            factor = lrp.safe_ratio(bw, r.pos_out, r.rectifier_pos, non_negative=True)
-            result.append(r.rectifier_adjoint(factor))
+            divisor = r.rectifier_pos
+            if divisor.name not in split.positive:  # guard against 0 / 0
+                divisor = ctx.em.max(divisor, bw.scalar(lrp.TINY))
+            result.append(r.rectifier_adjoint(divisor))
             continue
         factors = (
             lrp.safe_ratio(bw, r.pos_out, r.pos_in, known),

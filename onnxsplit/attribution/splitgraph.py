@@ -76,14 +76,19 @@ class Recentering:
     def override(self) -> SubgraphAdjoint:
         return self.adjoint(lambda bw, douts: list(douts))
 
-    def rectifier_adjoint(self, factor: gs.Tensor) -> SubgraphAdjoint:
+    def rectifier_adjoint(self, divisor: gs.Tensor) -> SubgraphAdjoint:
         """The rectifier and this re-centering as one step in SplitLRP's ratio form with
-        winner-takes-all maxout: s_p = s_out * factor (factor = A / p), nothing to q."""
+        winner-takes-all maxout: s_p = s_out * A / divisor (divisor: p, or p guarded against
+        0), nothing to q. The product s_out * A is taken first: both come out of
+        convolutions, so onnxruntime multiplies them in its blocked layout, and the division
+        is the step's only pass in plain layout."""
         assert self.rectifier_pos is not None and self.source is not None
 
         def fn(bw: Backward, douts):
             d = douts[0]
-            return [None if d is None else bw.em.mul(d, factor), None]
+            if d is None:
+                return [None, None]
+            return [bw.em.one("Div", [bw.em.mul(d, self.pos_out), divisor]), None]
 
         return SubgraphAdjoint((self.rectifier_pos.name, self.source.name), self.outputs(), fn)
 
@@ -201,6 +206,7 @@ class MergedSplit:
     recenterings: list[Recentering] = field(default_factory=list)
     ratio_overrides: dict = field(default_factory=dict)  # SplitLRP's, per maxout, built once
     blocks: list[SeededBlock] = field(default_factory=list)
+    positive: set[str] = field(default_factory=set)  # stream tensors > 0 by construction
 
     def overrides(self) -> list[SubgraphAdjoint]:
         """Every override a backward pass of the split graph needs: the re-centerings as
@@ -347,6 +353,7 @@ def merge_split_graph(
         tensors.get(prefix + X_POS),
         tensors.get(prefix + X_NEG),
         recenterings=recenterings,
+        positive={prefix + name for name in split.positive},
     )
     nodes = {n.name: n for n in sg.nodes}
     for b in split.blocks:

@@ -67,6 +67,7 @@ class SplitGraph:
     # p of the rectifier's input pair (p, q); the rectifier passes A = relu(p - q) (capped)
     # and its winner-takes-all adjoint reaches p alone (see attribution.splitgraph.Recentering)
     rectified: dict[str, str] = field(default_factory=dict)
+    positive: set[str] = field(default_factory=set)  # streams > 0 by construction
 
 
 def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
@@ -275,6 +276,7 @@ def split_graph(
     graph.inputs = [x, *em.originals.values()]
     graph.cleanup().toposort()
     result.blocks = list(em.blocks)
+    result.positive = set(em.positive)
     return result
 
 

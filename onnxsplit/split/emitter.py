@@ -33,6 +33,7 @@ class Emitter:
         self.seeded = seeded
         self.blocks: list = []
         self.exposed: set[str] = set()  # source tensors whose streams are read as they are
+        self.positive: set[str] = set()  # emitted streams that are > 0 by construction
         self.originals: dict[str, gs.Variable] = {}
         self.opset = opset
         self.dtype = np.dtype(dtype)

@@ -18,6 +18,7 @@ from onnxsplit.split.registry import Kind, const_inputs, is_split, only_first_sp
 from onnxsplit.split.values import Abstract, Const, Pair, Value, negative_part, positive_part
 
 Apply = Callable[[gs.Variable, np.ndarray], gs.Variable]
+FLOOR = 1e-30  # added to b+ of a stream that only a rectifier's ratio step divides by
 
 
 def split_linear(
@@ -96,21 +97,25 @@ def _split_linear_seeded(
         y = apply(x, w.astype(weight.dtype))
         node = y.inputs[0]
         if b is not None:
+            b = b.astype(weight.dtype)
             if node.op == "Conv" and len(node.inputs) == 2:  # the Conv's own bias input
-                node.inputs.append(em.const(b.astype(bias.dtype).reshape(-1), "b"))
+                per_channel = np.broadcast_to(b.reshape(-1) if b.size > 1 else b, w.shape[:1])
+                node.inputs.append(em.const(np.ascontiguousarray(per_channel), "b"))
             else:
-                y = em.plus_const(y, b.astype(bias.dtype))
+                y = em.plus_const(y, b)
         return y, node
 
     rectified = _feeds_rectifiers_only(original) and original.name not in em.exposed
     scale = 1.0
     if pair.zero_neg and rectified:
         # q = 0 by construction and only p' is read on (by the rectifier's ratio step):
-        # (W+ p + b+, W- p + b-), whose second map nothing reads
+        # (W+ p + b+, W- p + b-), whose second map nothing reads. p >= 0, so with FLOOR
+        # added to b+ the stream p' is > 0 everywhere (em.positive: the ratio step divides
+        # by it without a guard); FLOOR is below float32's resolution of any b+ > 1e-23
         total, source = pair.pos, None
-        pos, node = mapped(
-            total, positive_part(weight), bias if bias is None else positive_part(bias)
-        )
+        lifted = (0 if bias is None else positive_part(bias)) + np.asarray(FLOOR, weight.dtype)
+        pos, node = mapped(total, positive_part(weight), np.asarray(lifted, weight.dtype))
+        em.positive.add(pos.name)
         neg, _ = mapped(total, negative_part(weight), bias if bias is None else negative_part(bias))
     else:  # one map of the mass p + q (q = 0: of p) and f from the source
         total = pair.pos if pair.zero_neg else pair.total or em.add(pair.pos, pair.neg)
