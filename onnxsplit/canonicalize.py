@@ -76,7 +76,10 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = _reinfer_shapes(graph.cleanup().toposort(), model)
     # shapes known now (e.g. TF-"SAME" pads computed from Shape(activation)) fold in a second pass
     graph.fold_constants(error_ok=True).cleanup().toposort()
-    graph = _reinfer_shapes(graph, model)
+    if _fold_zero_pads_into_convs(graph):
+        graph.cleanup().toposort()
+    _batch_kept_by_reshapes(graph)
+    graph = _reinfer_shapes(graph, model, fresh=True)
     for _ in range(3):  # each pass lets inference carry the new ranks one step further
         if not _ranks_from_reshape_targets(graph):
             break
@@ -161,10 +164,23 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model  # shapes are a convenience; rules that need them say so
 
 
-def _reinfer_shapes(graph: gs.Graph, model: onnx.ModelProto) -> gs.Graph:
-    """Infer shapes again once constants are folded (reshape targets are then known)."""
+def _reinfer_shapes(graph: gs.Graph, model: onnx.ModelProto, fresh: bool = False) -> gs.Graph:
+    """Infer shapes again once constants are folded (reshape targets are then known).
+
+    fresh: from scratch, since an earlier pass's entries would stick, e.g. a batch dimension
+    that only had a fresh 'unk__' name while a Pad's pads were still computed from Shape(x);
+    with the input's batch symbol on every activation, onnxruntime can prove operands
+    equal-shaped. (Not fresh: keep the ranks `_ranks_from_reshape_targets` wrote.)"""
     folded = gs.export_onnx(graph)
     folded.ir_version = model.ir_version
+    if fresh:
+        clean = onnx.ModelProto()
+        clean.CopyFrom(folded)
+        del clean.graph.value_info[:]
+        try:
+            return gs.import_onnx(skeleton.infer_shapes(clean, data_prop=True))
+        except Exception:
+            pass
     return gs.import_onnx(_infer_shapes(folded))
 
 
@@ -218,6 +234,82 @@ def _fold_batchnorm_into_conv(graph: gs.Graph) -> int:
         bn.outputs = []
         folded += 1
     return folded
+
+
+def _fold_zero_pads_into_convs(graph: gs.Graph) -> int:
+    """Zero Pads of the spatial axes read only by Convs (TF-"SAME" exports) become the
+    Convs' own pads: the same numbers, and no Pad / Slice pair in each split and backward
+    pass (onnxruntime fuses the pair in a forward pass, not in our graphs)."""
+    folded = 0
+    graph_outputs = {id(t) for t in graph.outputs}
+    for pad in list(graph.nodes):
+        if pad.op != "Pad" or _attr_text(pad, "mode", "constant") != "constant":
+            continue
+        x, out = pad.inputs[0], pad.outputs[0]
+        pads = _constant(pad.inputs[1]) if len(pad.inputs) > 1 else None
+        value = _constant(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2].name else None
+        readers = list(out.outputs)
+        if (
+            pads is None
+            or (len(pad.inputs) > 2 and pad.inputs[2].name and (value is None or np.any(value)))
+            or (len(pad.inputs) > 3 and pad.inputs[3].name)  # axes (opset 18)
+            or x.shape is None
+            or pads.size != 2 * len(x.shape)
+            or len(x.shape) < 3
+            or np.any(pads < 0)
+            or np.any(pads.reshape(2, -1)[:, :2])  # batch or channel padded
+            or id(out) in graph_outputs
+            or not readers
+            or any(
+                n.op != "Conv"
+                or n.inputs[0] is not out
+                or _attr_text(n, "auto_pad", "NOTSET") != "NOTSET"
+                for n in readers
+            )
+        ):
+            continue
+        spatial = len(x.shape) - 2
+        begin, end = pads.reshape(2, -1)[:, 2:]
+        for conv in readers:
+            own = list(conv.attrs.get("pads", [0] * (2 * spatial)))
+            conv.attrs["pads"] = [int(a) + int(b) for a, b in zip(own, [*begin, *end], strict=True)]
+            conv.inputs[0] = x
+        pad.outputs.clear()
+        folded += 1
+    return folded
+
+
+def _batch_kept_by_reshapes(graph: gs.Graph) -> int:
+    """Reshape(x, [-1, d1, ...]) with x = [batch, c1, ...] and d1 * ... = c1 * ... becomes
+    Reshape(x, [0, d1, ...]) with allowzero 0 (every d_i > 0): the same tensor, but shape
+    inference keeps the batch symbol instead of a fresh unknown (the flatten of torch.onnx's
+    dynamo exporter)."""
+    changed = 0
+    for node in graph.nodes:
+        if node.op != "Reshape":
+            continue
+        x, target = node.inputs[0], _constant(node.inputs[1])
+        if x.shape is None or target is None or target.ndim != 1 or target.size < 2:
+            continue
+        rest, dims = [int(v) for v in target[1:]], x.shape
+        if (
+            int(target[0]) != -1
+            or any(v <= 0 for v in rest)
+            or not isinstance(dims[0], str)
+            or any(not isinstance(d, int | np.integer) for d in dims[1:])
+            or int(np.prod(rest)) != int(np.prod([int(d) for d in dims[1:]]))
+        ):
+            continue
+        node.inputs[1] = gs.Constant(f"{node.name}_shape_batch", np.asarray([0, *rest], np.int64))
+        if "allowzero" in node.attrs:  # no other 0 in the target: allowzero changes nothing
+            node.attrs["allowzero"] = 0
+        changed += 1
+    return changed
+
+
+def _attr_text(node: gs.Node, name: str, default: str) -> str:
+    value = node.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _remove_trailing_normalizers(graph: gs.Graph) -> list[str]:

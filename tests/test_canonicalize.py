@@ -99,3 +99,32 @@ def test_canonicalize_does_not_modify_its_argument() -> None:
     before = model.SerializeToString()
     convert_model(model)
     assert model.SerializeToString() == before
+
+
+def test_zero_pads_fold_into_the_convs_that_read_them() -> None:
+    """A TF-"SAME" Pad (zeros on the spatial axes only) read only by a Conv becomes the
+    Conv's pads; a reflect Pad, and a zero Pad that a Relu also reads, stay."""
+    pads = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64)
+    model = conv_then(
+        [
+            n("Pad", ["a", "p"], ["ap"]),
+            n("Conv", ["ap", "W2"], ["c"], strides=[2, 2]),
+            n("Pad", ["c", "p"], ["cp"], mode="reflect"),
+            n("Conv", ["cp", "W3"], ["d"]),
+            n("Pad", ["d", "p"], ["dp"]),
+            n("Conv", ["dp", "W3"], ["e"], pads=[1, 1, 0, 0]),
+            n("Relu", ["dp"], ["r"]),
+            n("Add", ["e", "r"], ["y"]),
+        ],
+        {"p": pads, "W2": weights(4, 4, 3, 3), "W3": weights(4, 4, 2, 2)},
+        size=9,
+    )
+    canonical = canonicalize(model)
+    convs = [node for node in canonical.graph.nodes if node.op == "Conv"]
+    assert [node.op for node in canonical.graph.nodes].count("Pad") == 2
+    assert list(convs[1].attrs["pads"]) == [0, 0, 1, 1]  # the folded one
+    result = convert_model(model)
+    x = np.random.default_rng(1).standard_normal([2, 3, 9, 9]).astype(np.float32)
+    reference = run_original(model, "x", "y", x, "cpu")
+    logits = make_session(result.model.SerializeToString(), "cpu").run(["logits"], {"x": x})[0]
+    assert relative_error(logits, reference) <= 1e-5

@@ -929,7 +929,9 @@ def _expand_reduced(bw: Backward, node: gs.Node, dy: gs.Tensor) -> gs.Tensor:
     axes = _reduce_axes(node, len(x.shape))
     if not int(node.attrs.get("keepdims", 1)) and axes:
         dy = bw.em.one("Unsqueeze", [dy, bw.i64(axes, "axes")])
-    return bw.em.one("Expand", [dy, bw.shape_of(x)])
+    # dy has x's dims except 1 on the reduced axes
+    like = gs.Variable("like", shape=[1 if i in axes else d for i, d in enumerate(x.shape)])
+    return bw.expand_like(dy, x, like)
 
 
 @adjoint("ReduceSum", summary="Expand(dy) over the reduced axes")
