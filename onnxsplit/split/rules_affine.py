@@ -127,8 +127,19 @@ def _split_linear_seeded(
             # addition of two convolution outputs (onnxruntime keeps it in its blocked
             # layout and fuses it into the map) instead of halving f first
             scale = 2.0
-            mass, node = mapped(total, np.abs(weight), bias if bias is None else np.abs(bias))
-            pos, neg = em.add(mass, f), em.sub(mass, f)
+            relu = _relu_output(original)
+            if relu is None:
+                mass, node = mapped(total, np.abs(weight), bias if bias is None else np.abs(bias))
+                pos = em.add(mass, f)
+            else:
+                # a Relu reads f: where its output A = relu(f) > 0, m + f = m + A, and
+                # elsewhere the ratio step multiplies by A = 0, so m + A serves (and with
+                # FLOOR in m it is > 0: no guard): the source keeps its Conv+Relu fusion
+                lifted = (0 if bias is None else np.abs(bias)) + np.asarray(FLOOR, weight.dtype)
+                mass, node = mapped(total, np.abs(weight), np.asarray(lifted, weight.dtype))
+                pos = em.add(mass, em.original(relu))
+                em.positive.add(pos.name)
+            neg = em.sub(mass, f)
         else:
             mass, node = mapped(
                 total, np.abs(weight) * half, bias if bias is None else np.abs(bias) * half
@@ -158,6 +169,14 @@ def _feeds_rectifiers_only(tensor: gs.Tensor) -> bool:
     return bool(readers) and all(
         node.op == "Relu" or (node.op == "Clip" and _clip_floor(node) == 0.0) for node in readers
     )
+
+
+def _relu_output(tensor: gs.Tensor) -> gs.Tensor | None:
+    """The output of the one Relu that reads the source tensor, if that is its only reader."""
+    readers = list(tensor.outputs)
+    if len(readers) == 1 and readers[0].op == "Relu":
+        return readers[0].outputs[0]
+    return None
 
 
 def _clip_floor(node: gs.Node) -> float | None:
