@@ -656,12 +656,13 @@ def memory_subprocess(bench, config, kind, path, inputs_path, threads, data_name
 # ----------------------------------------------------------------------------------------
 # timing: interleaved rounds
 # ----------------------------------------------------------------------------------------
-def interleaved(runners: dict, inputs: dict, repeats: int, warm: bool = True) -> dict:
-    """k rounds; each runs every runner once (order rotated every round). A warm-up round
-    first unless the memory measurement has just run everything cold."""
+def interleaved(runners: dict, inputs: dict, repeats: int, warm: int = 2) -> dict:
+    """k rounds; each runs every runner once (order rotated every round), after `warm` warm-up
+    rounds (onnxruntime's first runs of a large graph are slower: WARM_RUNS)."""
     names = list(runners)
-    for name in names if warm else ():
-        runners[name](inputs[name])
+    for _ in range(warm):
+        for name in names:
+            runners[name](inputs[name])
     times = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -686,16 +687,21 @@ def ms(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------
 # profiles
 # ----------------------------------------------------------------------------------------
+# onnxruntime's first two runs of a large graph are up to 1.5x slower (its arena grows; the
+# SplitLRP graph's batch-4 run: 364, 357, then 250, 246, 247 ms): profile after three
+WARM_RUNS = 3
+
+
 def profile(path: Path, data_name: str, x: np.ndarray, threads: int, prof_dir: Path, runs: int):
     """onnxruntime profile (make_session's options + enable_profiling, files in prof_dir) of
-    `runs` runs after a warm-up: ({op type: ms/run}, {graph scope: ms/run}, ms/run)."""
+    `runs` runs after WARM_RUNS: ({op type: ms/run}, {graph scope: ms/run}, ms/run)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(prof_dir / path.stem)
     run, session = ours_runner(path, data_name, threads, options)
-    for _ in range(runs + 1):
+    for _ in range(runs + WARM_RUNS):
         run(x)
     events = json.loads(Path(session.end_profiling()).read_text())
     del session
@@ -734,7 +740,7 @@ def print_profiles(bench: Bench, paths: dict, data: str, threads: int, prof_dir:
         return
     print(
         f"\n#### onnxruntime profile of {bench.name} (intra_op {threads}; ms per run, mean of "
-        f"{runs} profiled runs after a warm-up; share of kernel time)\n"
+        f"{runs} profiled runs after {WARM_RUNS} warm-up runs; share of kernel time)\n"
     )
     for config, batch in PROFILES.get(bench.name, []):
         if config not in paths:
@@ -830,7 +836,9 @@ def run_model(bench: Bench, args, work: Path) -> None:
         runners[("ours", "forward")] = forward
         for b in bench.batches:
             inputs = {key: (ours_inputs if key[0] == "ours" else ref_inputs)[b] for key in runners}
-            result = interleaved(runners, inputs, bench.repeats, warm=args.memory != "inprocess")
+            # the memory measurement has run each configuration once at this batch already
+            warm = WARM_RUNS - 1 if args.memory == "inprocess" else WARM_RUNS
+            result = interleaved(runners, inputs, bench.repeats, warm=warm)
             for key, value in result.items():
                 if key in times and b in times[key]:
                     continue  # the forward: kept from the first phase
