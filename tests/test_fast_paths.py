@@ -12,6 +12,9 @@
   the original activation, and the affine layers' backward passes are overrides with two
   transposed maps; every output equals that of the four-term split graph (built when a method
   needs it: SplitLRP(form='relevance')) to rounding, diagnostics (absorbed bias shares) included.
+  With winner-takes-all maxout a re-centered Relu/ReLU6 is one ratio step s * A / p (no masks).
+- The backward passes keep the input's batch symbol under shape inference (onnxruntime needs it
+  to keep them in its NCHWc layout).
 """
 
 from __future__ import annotations
