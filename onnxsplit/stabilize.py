@@ -53,15 +53,26 @@ def non_negative_source(tensor: gs.Tensor) -> bool:
     node = tensor.inputs[0]
     if node.op == "Relu":
         return True
-    if node.op != "Clip":
-        return False
+    floor = clip_floor(node) if node.op == "Clip" else None
+    return floor is not None and floor >= 0
+
+
+def rectifies_at_zero(node: gs.Node) -> bool:
+    """A Relu, or a Clip whose lower bound is 0: on a split pair (p, q) its positive output
+    stream is max(p, q) (ReLU6's cap only adds to the negative stream)."""
+    return node.op == "Relu" or (node.op == "Clip" and clip_floor(node) == 0.0)
+
+
+def clip_floor(node: gs.Node) -> float | None:
+    """The constant scalar lower bound of a source graph's Clip (None: unbounded or not a
+    constant scalar)."""
     if len(node.inputs) > 1 and node.inputs[1].name:
         low = node.inputs[1]
-        if not isinstance(low, gs.Constant):
-            return False
-        values = low.values.reshape(-1)
-        return values.size == 1 and float(values[0]) >= 0
-    return float(node.attrs.get("min", float("-inf"))) >= 0
+        if not isinstance(low, gs.Constant) or low.values.size != 1:
+            return None
+        return float(low.values.reshape(-1)[0])
+    value = node.attrs.get("min")
+    return None if value is None else float(value)
 
 
 STABILIZERS = {

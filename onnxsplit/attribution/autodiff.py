@@ -160,20 +160,20 @@ class Backward:
     def zeros_like(self, tensor: gs.Tensor) -> gs.Variable:
         return self.em.one("Expand", [self.scalar(0.0), self.shape_of(tensor)], hint="zeros")
 
-    def shape_from(self, tensor: gs.Tensor, like: gs.Tensor | None, keep: int) -> gs.Tensor:
-        """The shape of `tensor` as a constant for an op applied to a tensor shaped like
-        `like`, where every dimension that is not static (the batch) is the same symbol in
-        both and is written as `keep` (Reshape: 0 copies it; Expand: 1 keeps it). Shape
-        inference then carries the symbol on, which onnxruntime needs to keep a backward
-        pass in its blocked layout; a runtime Shape where that does not hold."""
-        dims, others = tensor.shape, None if like is None else like.shape
-        aligned = others is not None and (keep == 0 or len(others) == len(dims or ()))
+    def shape_from(self, tensor: gs.Tensor, like: Sequence | None, keep: int) -> gs.Tensor:
+        """The shape of `tensor` as a constant for an op applied to a tensor of shape `like`,
+        where every dimension that is not static (the batch) is the same symbol in both and
+        is written as `keep` (Reshape: 0 copies it; Expand: 1 keeps it). Shape inference then
+        carries the symbol on, which onnxruntime needs to keep a backward pass in its blocked
+        layout; a runtime Shape where that does not hold."""
+        dims = tensor.shape
+        aligned = like is not None and (keep == 0 or len(like) == len(dims or ()))
         if dims is not None and aligned:  # Reshape copies dim i; Expand aligns equal ranks
             constant = []
             for i, d in enumerate(dims):
                 if isinstance(d, int | np.integer) and d >= 0:
                     constant.append(int(d))
-                elif isinstance(d, str) and d and i < len(others) and others[i] == d:
+                elif isinstance(d, str) and d and i < len(like) and like[i] == d:
                     constant.append(keep)
                 else:
                     break
@@ -182,13 +182,13 @@ class Backward:
         return self.shape_of(tensor)
 
     def reshape_like(
-        self, grad: gs.Tensor, tensor: gs.Tensor, like: gs.Tensor | None = None
+        self, grad: gs.Tensor, tensor: gs.Tensor, like: Sequence | None = None
     ) -> gs.Variable:
-        """Reshape(grad, shape of tensor); like: the primal tensor grad has the shape of."""
+        """Reshape(grad, shape of tensor); like: the shape of grad (its primal's)."""
         return self.em.one("Reshape", [grad, self.shape_from(tensor, like, 0)])
 
-    def expand_like(self, grad: gs.Tensor, tensor: gs.Tensor, like: gs.Tensor) -> gs.Variable:
-        """Expand(grad) to the shape of `tensor`; like: the primal tensor grad is shaped as."""
+    def expand_like(self, grad: gs.Tensor, tensor: gs.Tensor, like: Sequence | None) -> gs.Variable:
+        """Expand(grad) to the shape of `tensor`; like: the shape of grad (its primal's)."""
         return self.em.one("Expand", [grad, self.shape_from(tensor, like, 1)])
 
     def reduce_sum(self, grad: gs.Tensor, axes: Sequence[int], keepdims: bool) -> gs.Variable:
@@ -904,7 +904,7 @@ def _mean_scale(bw: Backward, x: gs.Tensor, y: gs.Tensor) -> gs.Tensor:
 @adjoint("GlobalAveragePool", summary="Expand(dy) / (spatial size)")
 def _global_avgpool(bw, node, douts, needs):
     x, y = node.inputs[0], node.outputs[0]
-    expanded = bw.expand_like(douts[0], x, y)
+    expanded = bw.expand_like(douts[0], x, y.shape)
     return [bw.em.mul(expanded, _mean_scale(bw, x, y))]
 
 
@@ -930,8 +930,7 @@ def _expand_reduced(bw: Backward, node: gs.Node, dy: gs.Tensor) -> gs.Tensor:
     if not int(node.attrs.get("keepdims", 1)) and axes:
         dy = bw.em.one("Unsqueeze", [dy, bw.i64(axes, "axes")])
     # dy has x's dims except 1 on the reduced axes
-    like = gs.Variable("like", shape=[1 if i in axes else d for i, d in enumerate(x.shape)])
-    return bw.expand_like(dy, x, like)
+    return bw.expand_like(dy, x, [1 if i in axes else d for i, d in enumerate(x.shape)])
 
 
 @adjoint("ReduceSum", summary="Expand(dy) over the reduced axes")
@@ -986,7 +985,7 @@ def _reduce_max(bw, node, douts, needs):
 def _reshape(bw, node, douts, needs):
     if any(needs[1:]):
         raise _Unsupported("the target shape depends on the differentiated values")
-    grad = bw.reshape_like(douts[0], node.inputs[0], node.outputs[0])
+    grad = bw.reshape_like(douts[0], node.inputs[0], node.outputs[0].shape)
     return [grad] + [None] * (len(node.inputs) - 1)
 
 

@@ -12,9 +12,8 @@ from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError, UnsupportedModelError
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import RULES, supported_ops
-from onnxsplit.split.rules_rectifiers import clip_bounds
 from onnxsplit.split.values import SPLIT, Abstract, Const, Pair, Plain, SplitMarker, Value
-from onnxsplit.stabilize import Stabilizer
+from onnxsplit.stabilize import Stabilizer, rectifies_at_zero
 
 NOT_PIECEWISE_LINEAR = {
     "Sigmoid",
@@ -246,7 +245,7 @@ def split_graph(
                 result.recentered.append(
                     (value.pos.name, value.neg.name, stable.pos.name, stable.neg.name, seeded_from)
                 )
-                if seeded_from and stable.zero_neg and _rectifies_at_zero(node, inputs):
+                if seeded_from and stable.zero_neg and rectifies_at_zero(node):
                     result.rectified[stable.pos.name] = inputs[0].pos.name
                 value = stable
             values[tensor.name] = value
@@ -278,18 +277,6 @@ def split_graph(
     result.blocks = list(em.blocks)
     result.positive = set(em.positive)
     return result
-
-
-def _rectifies_at_zero(node: gs.Node, inputs: list[Value | None]) -> bool:
-    """A Relu, or a Clip whose lower bound is 0, of a split pair: its output's positive stream
-    is max(p, q) (ReLU6: the cap only adds to the negative stream)."""
-    if not inputs or not isinstance(inputs[0], Pair):
-        return False
-    if node.op == "Relu":
-        return True
-    if node.op == "Clip":
-        return clip_bounds(node, inputs)[0] == 0.0
-    return False
 
 
 def _downstream_nodes(graph: gs.Graph, name: str) -> set[int]:

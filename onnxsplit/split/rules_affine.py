@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind, const_inputs, is_split, only_first_split, rule
 from onnxsplit.split.values import Abstract, Const, Pair, Value, negative_part, positive_part
+from onnxsplit.stabilize import rectifies_at_zero
 
 Apply = Callable[[gs.Variable, np.ndarray], gs.Variable]
 FLOOR = 1e-30  # added to b+ of a stream that only a rectifier's ratio step divides by
@@ -166,9 +167,7 @@ def _split_linear_seeded(
 def _feeds_rectifiers_only(tensor: gs.Tensor) -> bool:
     """Whether every reader of the source tensor is a Relu or a Clip with lower bound 0."""
     readers = list(tensor.outputs)
-    return bool(readers) and all(
-        node.op == "Relu" or (node.op == "Clip" and _clip_floor(node) == 0.0) for node in readers
-    )
+    return bool(readers) and all(rectifies_at_zero(node) for node in readers)
 
 
 def _relu_output(tensor: gs.Tensor) -> gs.Tensor | None:
@@ -177,13 +176,6 @@ def _relu_output(tensor: gs.Tensor) -> gs.Tensor | None:
     if len(readers) == 1 and readers[0].op == "Relu":
         return readers[0].outputs[0]
     return None
-
-
-def _clip_floor(node: gs.Node) -> float | None:
-    if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
-        return float(np.asarray(node.inputs[1].values).reshape(-1)[0])
-    value = node.attrs.get("min")
-    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
