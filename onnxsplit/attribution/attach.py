@@ -24,6 +24,7 @@ from onnx import shape_inference, version_converter
 from onnxsplit import __version__
 from onnxsplit.attribution.methods import AttributionContext, AttributionMethod, make_method
 from onnxsplit.canonicalize import Canonical, canonicalize
+from onnxsplit.blocked_layout import fuse_clips
 from onnxsplit.emit import to_model
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.driver import choose_input, choose_output
@@ -108,6 +109,7 @@ def attach_methods(
         outputs.append(_named(ctx, tensor, name, map_shape if name.startswith("map_") else [batch]))
     graph.inputs = [data, ctx.target]
     graph.outputs = outputs
+    fuse_clips(graph.cleanup())
     graph.cleanup().toposort()
     layer = None
     if any(hasattr(m, "layer") for m in resolved):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxsplit.blocked_layout import channel_scale
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind, const_inputs, is_split, only_first_split, rule
 from onnxsplit.split.values import Abstract, Const, Pair, Value, negative_part, positive_part
@@ -140,13 +141,12 @@ def _split_linear_seeded(
                 mass, node = mapped(total, np.abs(weight), np.asarray(lifted, weight.dtype))
                 pos = em.add(mass, em.original(relu))
                 em.positive.add(pos.name)
-            neg = em.sub(mass, f)
+            neg = _plus_scaled(em, mass, f, -1.0, node)
         else:
             mass, node = mapped(
                 total, np.abs(weight) * half, bias if bias is None else np.abs(bias) * half
             )
-            half_f = em.mul(f, half)
-            pos, neg = em.add(mass, half_f), em.sub(mass, half_f)
+            pos, neg = _plus_scaled(em, mass, f, 0.5, node), _plus_scaled(em, mass, f, -0.5, node)
     em.blocks.append(
         AffineBlock(
             pair.pos.name,
@@ -162,6 +162,19 @@ def _split_linear_seeded(
         )
     )
     return Pair(pos, neg)
+
+
+def _plus_scaled(em: Emitter, mass: gs.Variable, f: gs.Variable, factor: float, node: gs.Node):
+    """mass + factor * f (factor +-1 or +-1/2: exact). Beside a 2-D convolution the product is
+    a depthwise 1x1 Conv, whose sum onnxruntime fuses in its blocked layout (a Mul and a Sub
+    would run in plain layout, with reorders around them; onnxsplit.blocked_layout)."""
+    channels = int(node.inputs[1].shape[0]) if node.op == "Conv" and f.shape else 0
+    if channels and len(f.shape) == 4:
+        return em.add(mass, channel_scale(em.graph, f, factor, channels, em.name("channel_scale")))
+    if factor == -1.0:
+        return em.sub(mass, f)
+    half_f = em.mul(f, np.asarray(abs(factor), em.dtype))
+    return em.add(mass, half_f) if factor > 0 else em.sub(mass, half_f)
 
 
 def _feeds_rectifiers_only(tensor: gs.Tensor) -> bool:

@@ -1,0 +1,62 @@
+"""Exact rewrites that keep onnxruntime's blocked CPU layout (NCHWc) unbroken.
+
+onnxruntime runs 2-D convolutions in a channel-blocked layout and keeps a tensor in it only
+through ops with blocked kernels (Conv with a fused activation or sum, Add/Sum/Mul of
+equal-shaped blocked tensors, Relu/Sigmoid/Tanh, pools, Concat); any other op reads and writes
+plain NCHW, with a reorder pass on each side. A depthwise 1x1 convolution runs blocked at the
+cost of one elementwise pass, so it stands in for such an op (or its missing fusion) where
+that saves passes. Every rewrite here is exact (weights +-1 or a power of two, bias 0) and
+uses standard ONNX ops only; other runtimes pay at most one cheap pass per rewrite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def channels_of(tensor: gs.Tensor) -> int | None:
+    """C of a rank-4 [N, C, H, W] tensor made by a 2-D Conv with a constant weight."""
+    producers = list(tensor.inputs)
+    if len(producers) != 1 or producers[0].op != "Conv" or tensor.shape is None:
+        return None
+    weight = producers[0].inputs[1]
+    if not isinstance(weight, gs.Constant) or len(weight.shape) != 4 or len(tensor.shape) != 4:
+        return None
+    return int(weight.shape[0])
+
+
+def channel_scale(
+    graph: gs.Graph, x: gs.Tensor, factor: float, channels: int, name: str
+) -> gs.Variable:
+    """x * factor as a depthwise 1x1 Conv (x: [N, channels, H, W]); exact for factor +-1
+    or a power of two. onnxruntime fuses an Add of its output into it."""
+    dtype = np.dtype(x.dtype or np.float32)
+    weight = gs.Constant(f"{name}/w", np.full((channels, 1, 1, 1), factor, dtype))
+    bias = gs.Constant(f"{name}/b", np.zeros(channels, dtype))
+    out = gs.Variable(f"{name}/out", dtype=x.dtype, shape=x.shape)
+    graph.nodes.append(
+        gs.Node("Conv", name, {"group": channels}, inputs=[x, weight, bias], outputs=[out])
+    )
+    return out
+
+
+def fuse_clips(graph: gs.Graph) -> int:
+    """Give each Clip with constant bounds that reads a shared Conv output its own identity depthwise Conv.
+
+    onnxruntime fuses Conv+Clip into one blocked convolution only where the Clip is the
+    Conv's sole reader; where the split or a backward pass reads the pre-activation too
+    (every ReLU6 of a MobileNet / EfficientNet), the Clip runs in plain layout with a reorder
+    on each side (three passes). Returns the number of Clips rewritten."""
+    rewritten = 0
+    for node in list(graph.nodes):
+        bounds = [t for t in node.inputs[1:] if t.name]
+        if node.op != "Clip" or not all(isinstance(t, gs.Constant) for t in bounds):
+            continue
+        x = node.inputs[0]
+        channels = channels_of(x)
+        if channels is None or len(x.outputs) < 2 or x in graph.outputs:
+            continue
+        node.inputs[0] = channel_scale(graph, x, 1.0, channels, f"{node.name}/channel_scale")
+        rewritten += 1
+    return rewritten
