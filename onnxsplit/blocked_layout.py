@@ -42,12 +42,13 @@ def channel_scale(
 
 
 def fuse_clips(graph: gs.Graph) -> int:
-    """Give each Clip with constant bounds that reads a shared Conv output its own identity depthwise Conv.
+    """Give each Clip with constant bounds that reads a shared Conv output its own identity
+    depthwise Conv, so that onnxruntime fuses the two into one blocked convolution.
 
-    onnxruntime fuses Conv+Clip into one blocked convolution only where the Clip is the
-    Conv's sole reader; where the split or a backward pass reads the pre-activation too
-    (every ReLU6 of a MobileNet / EfficientNet), the Clip runs in plain layout with a reorder
-    on each side (three passes). Returns the number of Clips rewritten."""
+    onnxruntime fuses Conv+Clip only where the Clip is the Conv's sole reader; where the
+    split or a backward pass reads the pre-activation too (every ReLU6 of a MobileNet or
+    EfficientNet), the Clip runs in plain layout with a reorder on each side (three passes
+    instead of one). Returns the number of Clips rewritten."""
     rewritten = 0
     for node in list(graph.nodes):
         bounds = [t for t in node.inputs[1:] if t.name]

@@ -23,8 +23,8 @@ from onnx import shape_inference, version_converter
 
 from onnxsplit import __version__
 from onnxsplit.attribution.methods import AttributionContext, AttributionMethod, make_method
-from onnxsplit.canonicalize import Canonical, canonicalize
 from onnxsplit.blocked_layout import fuse_clips
+from onnxsplit.canonicalize import Canonical, canonicalize
 from onnxsplit.emit import to_model
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.driver import choose_input, choose_output
