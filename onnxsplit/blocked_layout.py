@@ -16,14 +16,25 @@ import onnx_graphsurgeon as gs
 
 
 def channels_of(tensor: gs.Tensor) -> int | None:
-    """C of a rank-4 [N, C, H, W] tensor made by a 2-D Conv with a constant weight."""
+    """C of a rank-4 [N, C, H, W] tensor made by a 2-D Conv with a constant weight (or by a
+    Relu of one, which onnxruntime fuses into it)."""
     producers = list(tensor.inputs)
+    if len(producers) == 1 and producers[0].op == "Relu":
+        return channels_of(producers[0].inputs[0])
     if len(producers) != 1 or producers[0].op != "Conv" or tensor.shape is None:
         return None
     weight = producers[0].inputs[1]
     if not isinstance(weight, gs.Constant) or len(weight.shape) != 4 or len(tensor.shape) != 4:
         return None
     return int(weight.shape[0])
+
+
+def static_channels(tensor: gs.Tensor) -> int | None:
+    """Axis 1 of a rank-4 tensor of static size (where a depthwise 1x1 Conv can scale it)."""
+    shape = tensor.shape
+    if shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+        return None
+    return int(shape[1])
 
 
 def channel_scale(
@@ -42,22 +53,33 @@ def channel_scale(
 
 
 def fuse_clips(graph: gs.Graph) -> int:
-    """Give each Clip with constant bounds that reads a shared Conv output its own identity
-    depthwise Conv, so that onnxruntime fuses the two into one blocked convolution.
+    """Let each Clip with constant bounds fuse into the convolution it reads in onnxruntime.
 
-    onnxruntime fuses Conv+Clip only where the Clip is the Conv's sole reader; where the
-    split or a backward pass reads the pre-activation too (every ReLU6 of a MobileNet or
-    EfficientNet), the Clip runs in plain layout with a reorder on each side (three passes
-    instead of one). Returns the number of Clips rewritten."""
+    onnxruntime fuses Conv+Clip (and Conv+Relu) into one blocked convolution only where the
+    activation is the Conv's sole reader; where the split or a backward pass reads the
+    pre-activation x too (every ReLU6 of a MobileNet or EfficientNet), the Clip runs in plain
+    layout with a reorder on each side (three passes instead of none). So, exactly:
+    a Clip whose floor is >= 0 reads relu(x) where a Relu of x exists (clip(relu(x)) =
+    clip(x); x may then have the Relu as its sole reader, which fuses), and a Clip whose
+    input has other readers gets its own identity depthwise Conv to fuse with.
+    Returns the number of Clips given an identity Conv."""
+    from onnxsplit.stabilize import clip_floor  # stabilize builds on this module
+
     rewritten = 0
     for node in list(graph.nodes):
         bounds = [t for t in node.inputs[1:] if t.name]
         if node.op != "Clip" or not all(isinstance(t, gs.Constant) for t in bounds):
             continue
         x = node.inputs[0]
+        floor = clip_floor(node)
+        relus = [n for n in x.outputs if n.op == "Relu"]
+        if relus and floor is not None and floor >= 0:
+            x = node.inputs[0] = relus[0].outputs[0]
         channels = channels_of(x)
-        if channels is None or len(x.outputs) < 2 or x in graph.outputs:
+        shared = len(x.outputs) > 1 or x in graph.outputs  # no fusion into its Conv
+        if channels is None or not shared:
             continue
-        node.inputs[0] = channel_scale(graph, x, 1.0, channels, f"{node.name}/channel_scale")
+        name = f"{node.outputs[0].name}/channel_scale"  # tensor names are unique
+        node.inputs[0] = channel_scale(graph, x, 1.0, channels, name)
         rewritten += 1
     return rewritten

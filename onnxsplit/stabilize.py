@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from onnxsplit.blocked_layout import channel_scale, static_channels
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind
 from onnxsplit.split.values import Pair
@@ -39,8 +40,14 @@ class Stabilizer:
                 pos = em.one("Identity", [difference])
                 return Pair(pos, em.sub(pos, difference), difference, zero_neg=True, total=pos)
             pos = em.relu(difference)
-            total = em.one("Abs", [difference])  # relu(d) + relu(-d)
-            return Pair(pos, em.sub(pos, difference), difference, total=total)
+            channels = static_channels(original)
+            if channels is None:
+                neg, total = em.sub(pos, difference), em.one("Abs", [difference])
+            else:  # the same numbers in ops onnxruntime keeps in its blocked layout
+                flipped = channel_scale(em.graph, difference, -1.0, channels, em.name("negated"))
+                neg = em.add(pos, flipped)
+                total = em.add(pos, neg)  # relu(d) + relu(-d) = |d|, exactly
+            return Pair(pos, neg, difference, total=total)
         difference = em.sub(pair.pos, pair.neg)
         return Pair(em.relu(difference), em.relu(em.neg(difference)), difference)
 

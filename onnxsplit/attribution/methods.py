@@ -26,6 +26,7 @@ from onnxsplit.attribution.splitgraph import (
     can_start_at,
     merge_split_graph,
 )
+from onnxsplit.blocked_layout import channel_scale, static_channels
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.emitter import Emitter
@@ -587,7 +588,7 @@ def ratio_overrides(
     passes unchanged), and the seeded affine layers (split.block_overrides()). With
     winner-takes-all maxout, a re-centered Relu / ReLU6 output A is one step from the
     rectifier's input pair (p, q): s_p = s_out * A / p (Recentering.rectifier_adjoint). The
-    factors are built once per split graph and shared by every pass."""
+    numerators and guarded divisors are built once per split graph and shared by every pass."""
     if maxout in split.ratio_overrides:
         return split.ratio_overrides[maxout]
     bw = Backward(ctx.graph, ctx.em, ctx.opset)
@@ -606,11 +607,17 @@ def ratio_overrides(
                 divisor = ctx.em.max(divisor, bw.scalar(lrp.TINY))
             result.append(r.rectifier_adjoint(divisor))
             continue
-        factors = (
-            lrp.safe_ratio(bw, r.pos_out, r.pos_in, known),
-            None if zero_neg else lrp.safe_ratio(bw, r.neg_out, r.neg_in, known),
-        )
-        result.append(r.adjoint(_scaled_identity(factors)))
+        # the numerator out and the guarded divisor max(in, TINY) once; the step itself,
+        # (s_out * out) / divisor, in each pass (as the rectifier step: the product stays in
+        # onnxruntime's blocked layout and the division is the one plain-layout pass)
+        em = ctx.em
+        steps = [(r.pos_out, r.pos_in)] + ([] if zero_neg else [(r.neg_out, r.neg_in)])
+        factors = [
+            (out if known else em.relu(out), em.max(den, bw.scalar(lrp.TINY))) for out, den in steps
+        ]
+        channels = static_channels(r.source) if known else None
+        steps = _ratio_steps(factors + [None] * (2 - len(factors)), channels)
+        result.append(r.adjoint(steps))
     ctx.em.scope = scope
     split.ratio_overrides[maxout] = result + split.block_overrides(drop_zero_neg=True)
     return split.ratio_overrides[maxout]
@@ -852,12 +859,23 @@ def weigh_negative(ctx: AttributionContext, positive, negative, lam) -> gs.Tenso
     return negative if lam == 1.0 else em.mul(negative, ctx.scalar(lam))
 
 
-def _scaled_identity(factors):
-    """Adjoint of a re-centering in the ratio form: s_in = s_out * out / in, per stream."""
+def _ratio_steps(factors, channels: int | None):
+    """Adjoint of a re-centering in the ratio form: s_in = s_out * out / in, per stream
+    (factors: (out, guarded in) per stream, None where the stream gets nothing). With the
+    static channel count of a rank-4 tensor, each step's result passes an identity depthwise
+    Conv: a residual sum's adjoint meets blocked convolution outputs in a Sum, which
+    onnxruntime otherwise runs in plain layout with reorders on both sides."""
+
+    def step(bw, d, factor):
+        em = bw.em
+        s = em.one("Div", [em.mul(d, factor[0]), factor[1]])
+        return (
+            s if channels is None else channel_scale(em.graph, s, 1.0, channels, em.name("blocked"))
+        )
 
     def fn(bw, douts):
         return [
-            None if d is None or f is None else bw.em.mul(d, f)
+            None if d is None or f is None else step(bw, d, f)
             for d, f in zip(douts, factors, strict=True)
         ]
 

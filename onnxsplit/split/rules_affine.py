@@ -129,18 +129,16 @@ def _split_linear_seeded(
             # addition of two convolution outputs (onnxruntime keeps it in its blocked
             # layout and fuses it into the map) instead of halving f first
             scale = 2.0
+            # where the rectifier's output A > 0, f > 0 and m + f = m + relu(f); elsewhere
+            # the ratio step multiplies by A = 0, so m + relu(f) serves, and with FLOOR in m
+            # it is > 0 (no guard). A Relu's own output is read (the source keeps its
+            # Conv+Relu fusion); for a ReLU6 the Relu is emitted here, and
+            # blocked_layout.fuse_clips lets the Clip read it (exact: the Clip's floor is 0)
             relu = _relu_output(original)
-            if relu is None:
-                mass, node = mapped(total, np.abs(weight), bias if bias is None else np.abs(bias))
-                pos = em.add(mass, f)
-            else:
-                # a Relu reads f: where its output A = relu(f) > 0, m + f = m + A, and
-                # elsewhere the ratio step multiplies by A = 0, so m + A serves (and with
-                # FLOOR in m it is > 0: no guard): the source keeps its Conv+Relu fusion
-                lifted = (0 if bias is None else np.abs(bias)) + np.asarray(FLOOR, weight.dtype)
-                mass, node = mapped(total, np.abs(weight), np.asarray(lifted, weight.dtype))
-                pos = em.add(mass, em.original(relu))
-                em.positive.add(pos.name)
+            lifted = (0 if bias is None else np.abs(bias)) + np.asarray(FLOOR, weight.dtype)
+            mass, node = mapped(total, np.abs(weight), np.asarray(lifted, weight.dtype))
+            pos = em.add(mass, em.relu(f) if relu is None else em.original(relu))
+            em.positive.add(pos.name)
             neg = _plus_scaled(em, mass, f, -1.0, node)
         else:
             mass, node = mapped(
