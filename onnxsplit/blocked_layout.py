@@ -67,8 +67,10 @@ def fuse_clips(graph: gs.Graph) -> int:
 
     rewritten = 0
     for node in list(graph.nodes):
+        if node.op != "Clip":
+            continue
         bounds = [t for t in node.inputs[1:] if t.name]
-        if node.op != "Clip" or not all(isinstance(t, gs.Constant) for t in bounds):
+        if not all(isinstance(t, gs.Constant) for t in bounds):  # onnxruntime fuses constants
             continue
         x = node.inputs[0]
         floor = clip_floor(node)
