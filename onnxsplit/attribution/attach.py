@@ -27,6 +27,7 @@ from onnxsplit.blocked_layout import fuse_clips
 from onnxsplit.canonicalize import Canonical, canonicalize
 from onnxsplit.emit import to_model
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.per_sample import scan_over_batch, worth_scanning
 from onnxsplit.split.driver import choose_input, choose_output
 
 ATTRIBUTION_OPSET = 17
@@ -62,6 +63,7 @@ def attach_methods(
     input_name: str | None = None,
     output_name: str | None = None,
     components: bool = True,
+    per_sample: bool | str = False,
 ) -> onnx.ModelProto:
     """Return a model computing the logits and one map per method in one inference call.
 
@@ -71,8 +73,13 @@ def attach_methods(
     target_layer: the tensor the CAM methods explain (default: the last rank-4 rectifier
     output of the canonical graph). components=False: only `logits` and `map_<method>`
     (no component maps or diagnostics; the work only they need is left out, e.g. SplitLRP's
-    R_h pass). The argument `model` is not modified.
+    R_h pass). per_sample: run the graph one sample at a time inside a Scan over the batch
+    (onnxsplit.per_sample; for onnxruntime's CPU provider, where it keeps large models'
+    tensors in the cache); "auto": where that pays (`per_sample.worth_scanning`). The same
+    numbers either way. The argument `model` is not modified.
     """
+    if per_sample not in (True, False, "auto"):
+        raise ValueError(f"per_sample must be True, False or 'auto', not {per_sample!r}")
     if not methods:
         raise OnnxSplitError("no attribution method requested")
     resolved = [make_method(m, target_layer) for m in methods]
@@ -125,7 +132,10 @@ def attach_methods(
         "onnxsplit.input": data.name,
         "onnxsplit.source_output": logits.name,
     }
-    return to_model(graph, canonical.opset, meta)
+    compiled = to_model(graph, canonical.opset, meta)
+    if per_sample is True or (per_sample == "auto" and worth_scanning(compiled, model)):
+        return scan_over_batch(compiled)
+    return compiled
 
 
 def _named(ctx: AttributionContext, tensor: gs.Tensor, name: str, shape) -> gs.Variable:

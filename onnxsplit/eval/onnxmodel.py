@@ -36,7 +36,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.runtime import make_session, provider_used
+from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PASS_THROUGH = ("Transpose", "Identity", "Pad", "Flatten", "Reshape")
@@ -175,7 +175,9 @@ class CompiledModels:
 
         path = None
         if self.cache_dir is not None and key in self.persistent:
-            tag = compiled_model_key(key, method, self.target_layer, 16)
+            per_sample = per_sample_for(self.device)
+            variant = method if per_sample is False else f"{method}+per_sample_{per_sample}"
+            tag = compiled_model_key(key, variant, self.target_layer, 16)
             path = self.cache_dir / f"{key}-{method}-{tag}.onnx"
             if path.is_file():
                 return path.read_bytes()
@@ -189,7 +191,11 @@ class CompiledModels:
             # the one the classifier reads (model_info)
             output = model.graph.output[0].name if len(model.graph.output) > 1 else None
             data = attach_methods(
-                model, [method], self.target_layer, output_name=output
+                model,
+                [method],
+                self.target_layer,
+                output_name=output,
+                per_sample=per_sample_for(self.device),
             ).SerializeToString()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from onnxsplit.explain.inputs import Item, iterate
 from onnxsplit.explain.preprocess import InputLayout, Preprocess, input_layout, to_input
 from onnxsplit.explain.render import write_item, write_summary
 from onnxsplit.load import file_sha256, load_model
-from onnxsplit.runtime import make_session, provider_used
+from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
 
 def cache_root() -> Path:
@@ -34,18 +34,21 @@ def compiled_methods(model: onnx.ModelProto) -> list[str]:
     return json.loads(raw) if raw else []
 
 
-def attribution_model(model_path: Path, method: str, target_layer: str | None) -> tuple[Path, bool]:
+def attribution_model(
+    model_path: Path, method: str, target_layer: str | None, per_sample: bool | str = False
+) -> tuple[Path, bool]:
     """(path of a model that computes `method`, whether it came from the cache).
 
     An already converted model that carries the method is used as it is; an original model is
-    converted on the fly and cached by content hash, method, layer, onnxsplit version and a
-    fingerprint of the compiler's own source (so a changed compiler never serves a map of an
-    older one).
+    converted on the fly (`per_sample`: as attach_methods) and cached by content hash,
+    method, layer, per-sample choice, onnxsplit version and a fingerprint of the compiler's
+    own source (so a changed compiler never serves a map of an older one).
     """
     model = load_model(model_path)
     if method in compiled_methods(model):
         return model_path, False
-    key = compiled_model_key(file_sha256(model_path), method, target_layer, 24)
+    variant = method if per_sample is False else f"{method}+per_sample_{per_sample}"
+    key = compiled_model_key(file_sha256(model_path), variant, target_layer, 24)
     cached = cache_root() / "compiled" / f"{model_path.stem}-{method}-{key}.onnx"
     if cached.exists():
         try:
@@ -68,7 +71,9 @@ def attribution_model(model_path: Path, method: str, target_layer: str | None) -
     else:
         from onnxsplit.attribution.attach import attach_methods
 
-        compiled = attach_methods(model, [method], target_layer, components=False)
+        compiled = attach_methods(
+            model, [method], target_layer, components=False, per_sample=per_sample
+        )
     cached.parent.mkdir(parents=True, exist_ok=True)
     save_model(compiled, cached)
     return cached, False
@@ -134,7 +139,9 @@ def explain(
         raise OnnxSplitError("--batch-size must be at least 1")
     if out_dir.exists() and not out_dir.is_dir():
         raise OnnxSplitError(f"output '{out_dir}' exists and is not a folder")
-    path, from_cache = attribution_model(model_path, method, target_layer)
+    path, from_cache = attribution_model(
+        model_path, method, target_layer, per_sample=per_sample_for(device)
+    )
     session = make_session(path, device)
     data_input = session.get_inputs()[0]
     layout: InputLayout = input_layout(list(data_input.shape))
