@@ -40,9 +40,16 @@ def scan_over_batch(model: onnx.ModelProto) -> onnx.ModelProto:
             )
     rename = {v.name: SCAN_PREFIX + v.name for v in list(graph.input) + list(graph.output)}
     axes = SCAN_PREFIX + "axes0"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def batch_axis(op: str, source: str, out: str) -> onnx.NodeProto:
+        """Unsqueeze / Squeeze of axis 0 (axes an input from opset 13, an attribute before)."""
+        if opset >= 13:
+            return helper.make_node(op, [source, axes], [out])
+        return helper.make_node(op, [source], [out], axes=[0])
+
     body_nodes = [
-        helper.make_node("Unsqueeze", [SCAN_PREFIX + "in/" + v.name, axes], [rename[v.name]])
-        for v in graph.input
+        batch_axis("Unsqueeze", SCAN_PREFIX + "in/" + v.name, rename[v.name]) for v in graph.input
     ]
     for node in graph.node:
         copy = onnx.NodeProto()
@@ -51,8 +58,7 @@ def scan_over_batch(model: onnx.ModelProto) -> onnx.ModelProto:
         copy.output[:] = [rename.get(name, name) for name in node.output]
         body_nodes.append(copy)
     body_nodes += [
-        helper.make_node("Squeeze", [rename[v.name], axes], [SCAN_PREFIX + "out/" + v.name])
-        for v in graph.output
+        batch_axis("Squeeze", rename[v.name], SCAN_PREFIX + "out/" + v.name) for v in graph.output
     ]
     body = helper.make_graph(
         body_nodes,

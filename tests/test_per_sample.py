@@ -86,3 +86,17 @@ def test_scan_over_batch_refuses_a_rank0_output():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(OnnxSplitError, match="cannot run 'y' per sample: it has no batch axis"):
         scan_over_batch(model)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_scan_over_batch_of_a_plain_model(opset):
+    """Any model whose inputs and outputs are batched, at opsets with Unsqueeze's axes as an
+    attribute (11) or an input (17): the same outputs for every batch size."""
+    source = onnx.load(str(SAMPLES / f"digits_cnn_op{opset}_legacy.onnx"))
+    scanned = scan_over_batch(source)
+    onnx.checker.check_model(scanned, full_check=True)
+    plain = make_session(source.SerializeToString(), "cpu", 1)
+    wrapped = make_session(scanned.SerializeToString(), "cpu", 1)
+    name = plain.get_inputs()[0].name
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:3]
+    np.testing.assert_array_equal(wrapped.run(None, {name: x})[0], plain.run(None, {name: x})[0])
