@@ -529,11 +529,13 @@ def _flipped_conv(bw, grad, weight, kernel, strides, dilations, begin, end, extr
     ConvTranspose for depthwise and stride-1 layers. None where it does not apply, and for
     strided ungrouped layers, where onnxruntime's ConvTranspose (GEMM + col2im, no zeros
     multiplied) is 3-14x faster than a Conv over the zero-inserted adjoint (EfficientNet's
-    stem, 32 -> 3 channels: 1.5 vs 21 ms at batch 4; 3x3 256 -> 128: 4.8 vs 16.6 ms), and
-    for strided depthwise layers of small kernels (`_small_depthwise`)."""
+    stem, 32 -> 3 channels: 1.5 vs 21 ms at batch 4; 3x3 256 -> 128: 4.8 vs 16.6 ms).
+    Strided depthwise layers keep the zero insertion: per sample (how the CPU runs large
+    models, onnxsplit.per_sample) it beats onnxruntime's ConvTranspose for 3x3 and 5x5
+    kernels alike (EfficientNet-Lite0: 3.1 vs 3.4 ms, 1.0 vs 1.8 ms at batch 1; at batch 16
+    the 3x3 ones are faster native, 68 vs 84 ms)."""
     w = constant_value(weight)
-    strided = any(s != 1 for s in strides)
-    if w is None or (strided and (group == 1 or _small_depthwise(w))):
+    if w is None or (group == 1 and any(s != 1 for s in strides)):
         return None
     span = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
     # on the input upsampled by zero insertion (length size * s, s - 1 zeros after each value)
@@ -561,14 +563,6 @@ def _flipped_conv(bw, grad, weight, kernel, strides, dilations, begin, end, extr
         "group": int(group),
     }
     return bw.em.one("Conv", [grad, bw.em.const(flipped.astype(w.dtype), "wflip", w.dtype)], attrs)
-
-
-def _small_depthwise(w: np.ndarray) -> bool:
-    """A depthwise kernel of at most 3 taps per axis: strided, onnxruntime's ConvTranspose
-    beats zero insertion + blocked Conv at batch 16 (EfficientNet-Lite0's 3x3 stride-2
-    layers: 68 vs 84 ms and 10.4 vs 12.5 ms; its 5x5 ones are faster zero-inserted: 33 vs
-    37 ms, 11.4 vs 13.4 ms; docs/performance.md)."""
-    return w.shape[1] == 1 and max(w.shape[2:], default=1) <= 3
 
 
 def _zero_upsample(bw, x, c, sizes, strides):
