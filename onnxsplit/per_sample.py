@@ -95,8 +95,11 @@ def _sample_info(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
 
 def largest_sample_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the largest float activation of one sample with a fully static shape (0 where
-    shape inference gives none)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    shape inference gives none, or fails: a model over protobuf's 2 GB, say)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):
+        return 0
     largest = 0
     for value in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = value.type.tensor_type.shape.dim
