@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from onnxsplit.blocked_layout import channel_scale, static_channels
+from onnxsplit.blocked_layout import static_channels
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind
 from onnxsplit.split.values import Pair
@@ -41,12 +41,9 @@ class Stabilizer:
                 return Pair(pos, em.sub(pos, difference), difference, zero_neg=True, total=pos)
             pos = em.relu(difference)
             channels = static_channels(original)
-            if channels is None:
-                neg, total = em.sub(pos, difference), em.one("Abs", [difference])
-            else:  # the same numbers in ops onnxruntime keeps in its blocked layout
-                flipped = channel_scale(em.graph, difference, -1.0, channels, em.name("negated"))
-                neg = em.add(pos, flipped)
-                total = em.add(pos, neg)  # relu(d) + relu(-d) = |d|, exactly
+            neg = em.plus_scaled(pos, difference, -1.0, channels)
+            # relu(d) + relu(-d) = |d| exactly; an Add stays in onnxruntime's blocked layout
+            total = em.add(pos, neg) if channels else em.one("Abs", [difference])
             return Pair(pos, neg, difference, total=total)
         difference = em.sub(pair.pos, pair.neg)
         return Pair(em.relu(difference), em.relu(em.neg(difference)), difference)

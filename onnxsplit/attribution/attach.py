@@ -116,8 +116,8 @@ def attach_methods(
         outputs.append(_named(ctx, tensor, name, map_shape if name.startswith("map_") else [batch]))
     graph.inputs = [data, ctx.target]
     graph.outputs = outputs
-    fuse_clips(graph.cleanup())
-    graph.cleanup().toposort()
+    fuse_clips(graph.cleanup())  # on the final graph: its readers decide what fuses
+    graph.toposort()
     layer = None
     if any(hasattr(m, "layer") for m in resolved):
         layer = next(m.layer(ctx) for m in resolved if hasattr(m, "layer"))

@@ -282,6 +282,13 @@ def safe_ratio(
     return em.one("Div", [num if non_negative else em.relu(num), em.max(den, bw.scalar(TINY))])
 
 
+def ratio_step(bw: Backward, s: gs.Tensor, out: gs.Tensor, divisor: gs.Tensor) -> gs.Variable:
+    """s * out / divisor in a backward pass, the product first: s and out come out of
+    convolutions, so onnxruntime multiplies them in its blocked layout, and the division (no
+    blocked kernel) is the step's one pass in plain layout."""
+    return bw.em.one("Div", [bw.em.mul(s, out), divisor])
+
+
 @dataclass(frozen=True)
 class RatioMerge:
     """Add / Sum / Sub in the ratio form s = R / value of split relevance.

@@ -608,8 +608,7 @@ def ratio_overrides(
             result.append(r.rectifier_adjoint(divisor))
             continue
         # the numerator out and the guarded divisor max(in, TINY) once; the step itself,
-        # (s_out * out) / divisor, in each pass (as the rectifier step: the product stays in
-        # onnxruntime's blocked layout and the division is the one plain-layout pass)
+        # (s_out * out) / divisor, in each pass (lrp.ratio_step, as the rectifier step)
         em = ctx.em
         steps = [(r.pos_out, r.pos_in)] + ([] if zero_neg else [(r.neg_out, r.neg_in)])
         factors = [
@@ -868,7 +867,7 @@ def _ratio_steps(factors, channels: int | None):
 
     def step(bw, d, factor):
         em = bw.em
-        s = em.one("Div", [em.mul(d, factor[0]), factor[1]])
+        s = lrp.ratio_step(bw, d, *factor)
         return (
             s if channels is None else channel_scale(em.graph, s, 1.0, channels, em.name("blocked"))
         )

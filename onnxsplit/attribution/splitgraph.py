@@ -79,16 +79,14 @@ class Recentering:
     def rectifier_adjoint(self, divisor: gs.Tensor) -> SubgraphAdjoint:
         """The rectifier and this re-centering as one step in SplitLRP's ratio form with
         winner-takes-all maxout: s_p = s_out * A / divisor (divisor: p, or p guarded against
-        0), nothing to q. The product s_out * A is taken first: both come out of
-        convolutions, so onnxruntime multiplies them in its blocked layout, and the division
-        is the step's only pass in plain layout."""
+        0; `lrp.ratio_step`), nothing to q."""
         assert self.rectifier_pos is not None and self.source is not None
 
         def fn(bw: Backward, douts):
             d = douts[0]
             if d is None:
                 return [None, None]
-            return [bw.em.one("Div", [bw.em.mul(d, self.pos_out), divisor]), None]
+            return [lrp.ratio_step(bw, d, self.pos_out, divisor), None]
 
         return SubgraphAdjoint((self.rectifier_pos.name, self.source.name), self.outputs(), fn)
 

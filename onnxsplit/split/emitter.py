@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxsplit.blocked_layout import channel_scale
 from onnxsplit.split.values import Const, Pair, negative_part, positive_part
 
 Operand = gs.Tensor | np.ndarray | float
@@ -115,6 +116,20 @@ class Emitter:
 
     def total(self, values: Sequence[gs.Variable]) -> gs.Variable:
         return values[0] if len(values) == 1 else self.one("Sum", list(values))
+
+    def plus_scaled(
+        self, a: gs.Variable, b: gs.Variable, factor: float, channels: int | None
+    ) -> gs.Variable:
+        """a + factor * b for factor +-1 or +-1/2 (exact). With the channel count of a rank-4 b
+        the product is a depthwise 1x1 Conv, whose sum onnxruntime fuses in its blocked layout
+        (a Mul or Sub would run in plain layout with reorders around it; blocked_layout)."""
+        if channels:
+            scaled = channel_scale(self.graph, b, factor, channels, self.name("channel_scale"))
+            return self.add(a, scaled)
+        if factor == -1.0:
+            return self.sub(a, b)
+        scaled = self.mul(b, np.asarray(abs(factor), self.dtype))
+        return self.add(a, scaled) if factor > 0 else self.sub(a, scaled)
 
     def plus_const(self, a: gs.Variable, c: np.ndarray) -> gs.Variable:
         """a + c, skipping the node when c is all zeros."""

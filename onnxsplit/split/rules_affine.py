@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxsplit.blocked_layout import channel_scale
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind, const_inputs, is_split, only_first_split, rule
 from onnxsplit.split.values import Abstract, Const, Pair, Value, negative_part, positive_part
@@ -142,12 +141,14 @@ def _split_linear_seeded(
             mass, node = mapped(total, np.abs(weight), np.asarray(lifted, weight.dtype))
             pos = em.add(mass, em.relu(f) if relu is None else em.original(relu))
             em.positive.add(pos.name)
-            neg = _plus_scaled(em, mass, f, -1.0, node)
+            neg = em.plus_scaled(mass, f, -1.0, _channels_beside(node, f))
         else:
             mass, node = mapped(
                 total, np.abs(weight) * half, bias if bias is None else np.abs(bias) * half
             )
-            pos, neg = _plus_scaled(em, mass, f, 0.5, node), _plus_scaled(em, mass, f, -0.5, node)
+            channels = _channels_beside(node, f)
+            pos = em.plus_scaled(mass, f, 0.5, channels)
+            neg = em.plus_scaled(mass, f, -0.5, channels)
     em.blocks.append(
         AffineBlock(
             pair.pos.name,
@@ -165,17 +166,12 @@ def _split_linear_seeded(
     return Pair(pos, neg)
 
 
-def _plus_scaled(em: Emitter, mass: gs.Variable, f: gs.Variable, factor: float, node: gs.Node):
-    """mass + factor * f (factor +-1 or +-1/2: exact). Beside a 2-D convolution the product is
-    a depthwise 1x1 Conv, whose sum onnxruntime fuses in its blocked layout (a Mul and a Sub
-    would run in plain layout, with reorders around them; onnxsplit.blocked_layout)."""
-    channels = int(node.inputs[1].shape[0]) if node.op == "Conv" and f.shape else 0
-    if channels and len(f.shape) == 4:
-        return em.add(mass, channel_scale(em.graph, f, factor, channels, em.name("channel_scale")))
-    if factor == -1.0:
-        return em.sub(mass, f)
-    half_f = em.mul(f, np.asarray(abs(factor), em.dtype))
-    return em.add(mass, half_f) if factor > 0 else em.sub(mass, half_f)
+def _channels_beside(node: gs.Node, f: gs.Tensor) -> int | None:
+    """The output channels of a 2-D Conv map whose source output f is rank 4 (where a
+    depthwise Conv can scale f), else None."""
+    if node.op == "Conv" and f.shape is not None and len(f.shape) == 4:
+        return int(node.inputs[1].shape[0])
+    return None
 
 
 def _feeds_rectifiers_only(tensor: gs.Tensor) -> bool:
