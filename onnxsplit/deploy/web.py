@@ -23,10 +23,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxsplit import __version__
+from onnxsplit import __version__, contract
 from onnxsplit.emit import metadata, write_atomic
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.explain.preprocess import InputLayout, Preprocess, get_preprocess, input_layout
+from onnxsplit.explain.inputs import check_labels, read_labels
+from onnxsplit.explain.preprocess import (
+    InputLayout,
+    Preprocess,
+    check_channels,
+    get_preprocess,
+    model_layout,
+)
 from onnxsplit.load import file_sha256, load_model
 
 BUNDLE_FORMAT = 1
@@ -80,16 +87,18 @@ def export_bundle(
     pre = preset if isinstance(preset, Preprocess) else get_preprocess(preset)
 
     data, target = _inputs(model)
-    layout = input_layout(_dims(data))
+    meta = metadata(model)
+    layout = model_layout(_dims(data), meta.get(contract.META_LAYOUT))
     logits, maps = _outputs(model)
     classes = _dims(logits)[1] if len(_dims(logits)) == 2 else None
     if not isinstance(classes, int):
-        raise OnnxSplitError(f"output 'logits' must have a static class axis, got {_dims(logits)}")
+        raise OnnxSplitError(
+            f"output '{contract.LOGITS}' must have a static class axis, got {_dims(logits)}"
+        )
     preprocessing = preprocess_spec(pre, data.name, layout)
     names = _labels(labels, classes)
 
     payload = model.SerializeToString()
-    meta = metadata(model)
     manifest = {
         "format": "onnxsplit-bundle",
         "format_version": BUNDLE_FORMAT,
@@ -103,8 +112,8 @@ def export_bundle(
         ),
         "preprocess": PREPROCESS_FILE,
         "labels": LABELS_FILE,
-        "methods": json.loads(meta.get("onnxsplit.attribution.methods", "[]")),
-        "target_layer": meta.get("onnxsplit.attribution.target_layer", ""),
+        "methods": json.loads(meta.get(contract.META_METHODS, "[]")),
+        "target_layer": meta.get(contract.META_TARGET_LAYER, ""),
         "inputs": [
             _io(data, "image batch after preprocess.json"),
             _io(target, TARGET_SEMANTICS),
@@ -114,7 +123,7 @@ def export_bundle(
         "maps": [m.name for m in maps],
     }
     if check:
-        _smoke_test(payload, data.name, layout, [o["name"] for o in manifest["outputs"]], classes)
+        _smoke_test(model, payload, layout, [o["name"] for o in manifest["outputs"]], classes)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -182,7 +191,7 @@ def _attribution_model(
     maps_only: bool = False,
 ) -> onnx.ModelProto:
     model = load_model(source)
-    compiled = json.loads(metadata(model).get("onnxsplit.attribution.methods", "[]") or "[]")
+    compiled = json.loads(metadata(model).get(contract.META_METHODS, "[]") or "[]")
     if compiled:
         missing = [m for m in methods if m not in compiled]
         if missing:
@@ -205,7 +214,7 @@ def _attribution_model(
 
 def _inputs(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
     inputs = list(model.graph.input)
-    if len(inputs) != 2 or inputs[1].name != "target":
+    if len(inputs) != 2 or inputs[1].name != contract.TARGET:
         raise OnnxSplitError(
             f"expected inputs (<data>, target), got {[i.name for i in inputs]}: is it an "
             "attribution model?"
@@ -215,9 +224,11 @@ def _inputs(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfo
 
 def _outputs(model: onnx.ModelProto):
     outputs = list(model.graph.output)
-    if not outputs or outputs[0].name != "logits":
-        raise OnnxSplitError(f"expected the first output 'logits', got {[o.name for o in outputs]}")
-    maps = [o for o in outputs[1:] if o.name.startswith("map_")]
+    if not outputs or outputs[0].name != contract.LOGITS:
+        raise OnnxSplitError(
+            f"expected the first output '{contract.LOGITS}', got {[o.name for o in outputs]}"
+        )
+    maps = [o for o in outputs[1:] if o.name.startswith(contract.MAP_PREFIX)]
     if not maps:
         raise OnnxSplitError("the model has no map_<method> output")
     return outputs[0], maps
@@ -234,7 +245,7 @@ def _io(info: onnx.ValueInfoProto, doc: str) -> dict:
 
 
 def _map_doc(meta: dict[str, str], name: str) -> str:
-    described = json.loads(meta.get("onnxsplit.attribution.maps", "{}") or "{}")
+    described = json.loads(meta.get(contract.META_MAPS, "{}") or "{}")
     text = described.get(name, "")
     return f"{text} [N, H, W] at input resolution, not normalized".strip()
 
@@ -242,12 +253,7 @@ def _map_doc(meta: dict[str, str], name: str) -> str:
 def preprocess_spec(pre: Preprocess, input_name: str, layout: InputLayout) -> dict:
     """preprocess.json: how to turn an RGB uint8 image into the model input (see 'formula')."""
     channels = layout.channels
-    for field, values in (("mean", pre.mean), ("std", pre.std)):
-        if len(values) not in (1, channels):
-            raise OnnxSplitError(
-                f"preprocessing '{pre.name}': {field} has {len(values)} values; the model input "
-                f"has {channels} channels"
-            )
+    check_channels(pre, channels)
     if any(float(s) == 0 for s in pre.std):
         raise OnnxSplitError(f"preprocessing '{pre.name}': std contains 0")
     if pre.color == "gray" and channels != 1:
@@ -290,41 +296,34 @@ def _labels(labels, classes: int) -> list[str]:
 
             return [imagenet_label(i) for i in range(classes)]
         return [f"class_{i}" for i in range(classes)]
-    if isinstance(labels, (str, os.PathLike)):
-        path = Path(labels)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise OnnxSplitError(f"cannot read labels file '{path}': {exc}") from None
-        if path.suffix.lower() == ".json":
-            try:
-                names = json.loads(text)
-            except ValueError as exc:
-                raise OnnxSplitError(f"labels file '{path}' is not JSON: {exc}") from None
-            if not isinstance(names, list):
-                raise OnnxSplitError(f"labels file '{path}' must hold a JSON list of names")
-        else:
-            names = [line.strip() for line in text.splitlines() if line.strip()]
-    else:
-        names = list(labels)
-    names = [str(n) for n in names]
-    if len(names) != classes:
-        raise OnnxSplitError(f"{len(names)} labels given; the model has {classes} classes")
+    if isinstance(labels, str | os.PathLike):
+        names = read_labels(Path(labels))
+        check_labels(names, classes, f"labels file '{labels}'")
+        return names
+    names = [str(n) for n in labels]
+    check_labels(names, classes, "the labels argument")
     return names
 
 
-def _smoke_test(payload: bytes, data: str, layout, outputs: list[str], classes: int) -> None:
+def _smoke_test(
+    model: onnx.ModelProto, payload: bytes, layout: InputLayout, outputs: list[str], classes: int
+) -> None:
+    """Run the bundled model once on a zero image through the contract (onnxsplit.contract:
+    a fixed batch is padded) and check the output shapes."""
     from onnxsplit.runtime import make_session
 
+    iface = contract.Interface.of(model)
+    x = np.zeros(layout.batch_shape(1), np.float32)
     try:
         session = make_session(payload, "cpu")
-        x = np.zeros(layout.batch_shape(1), np.float32)
-        got = session.run(outputs, {data: x, "target": np.array([-1], np.int64)})
+        got = iface.run(session, x, None, outputs, source="a zero image")
+    except OnnxSplitError:
+        raise
     except Exception as exc:
         raise OnnxSplitError(f"the bundled model does not run in onnxruntime: {exc}") from None
     size = (1, layout.height, layout.width)
     for name, value in zip(outputs, got, strict=True):
-        want = (1, classes) if name == "logits" else size
+        want = (1, classes) if name == contract.LOGITS else size
         if value.shape != want:
             raise OnnxSplitError(f"output '{name}' has shape {value.shape}, expected {want}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,50 @@ def iterate(paths: list[Path]) -> Iterator[Item]:
                 f"input '{path}' is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                 "nor a .npy array"
             )
+
+
+LABELS_FORMS = (
+    "a text file with one name per line, a JSON list of names, or a JSON object "
+    '{"0": name, "1": name, ...}'
+)
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names in logit order from a text file (one per line) or a .json file (a list of
+    names, or an object class index -> name covering 0..K-1); one clear error per problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OnnxSplitError(
+            f"cannot read labels file '{path}': {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    if Path(path).suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise OnnxSplitError(
+            f"labels file '{path}' is not JSON: {exc}; give {LABELS_FORMS}"
+        ) from None
+    if isinstance(data, list):
+        return [str(name) for name in data]
+    if isinstance(data, dict):
+        try:
+            indices = {int(key): str(name) for key, name in data.items()}
+        except ValueError:
+            indices = {}
+        if sorted(indices) == list(range(len(data))):
+            return [indices[i] for i in range(len(data))]
+    raise OnnxSplitError(
+        f"labels file '{path}' must hold a JSON list of names or an object whose keys are the "
+        f"class indices 0..K-1; give {LABELS_FORMS}"
+    )
+
+
+def check_labels(names: list[str], classes: int | None, source: str) -> None:
+    """As many names as the model has classes (the class count is unknown: nothing to check)."""
+    if classes is not None and len(names) != classes:
+        raise OnnxSplitError(
+            f"{source} has {len(names)} names; the model has {classes} classes (one name per "
+            "class, in logit order)"
+        )
