@@ -20,6 +20,11 @@ def device_option(help: str | None = None):
     )
 
 
+def _report(exc: OnnxSplitError):
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
 def user_errors(command):
     """Print an OnnxSplitError as one message (no traceback) and exit non-zero."""
 
@@ -28,13 +33,77 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except OnnxSplitError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _report(exc)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _compiled_method(name: str) -> None:
+    """A method attach_methods compiles (onnxsplit.attribution.methods.METHODS)."""
+    from onnxsplit.attribution.methods import METHODS
+
+    if name not in METHODS:
+        raise OnnxSplitError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+
+
+def _explained_method(name: str) -> None:
+    """A compiled method, or a map of a model trained by `onnxsplit train --kind dc`."""
+    from onnxsplit.attribution.methods import METHODS
+    from onnxsplit.train.explain import MAPS
+
+    own = [m.removeprefix("map_") for m in MAPS]
+    if name not in METHODS and name not in own:
+        raise OnnxSplitError(
+            f"unknown method '{name}'; choose from {', '.join(METHODS)} (or, for a model "
+            f"trained by `onnxsplit train --kind dc`, its own maps {', '.join(own)})"
+        )
+
+
+def _evaluated_method(name: str) -> None:
+    """What `evaluate` scores: methods, map variants and controls (eval.onnxmodel)."""
+    from onnxsplit.eval.onnxmodel import check_method
+
+    check_method(name)
+
+
+def methods_option(default: tuple[str, ...] = (), check=_compiled_method, help: str = ""):
+    """--method/--methods M1,M2, the same in every command that takes methods: a comma list,
+    repeatable (`--method a,b --method c`), duplicates dropped keeping the order; an unknown
+    name is one `error:` line that lists the valid ones. The value is a tuple of names (the
+    default when the option is not given)."""
+
+    def parse(ctx, param, value) -> tuple[str, ...]:
+        given = tuple(value or ())
+        names = tuple(
+            dict.fromkeys(n.strip() for chunk in given for n in chunk.split(",") if n.strip())
+        )
+        try:
+            if given and not names:
+                raise OnnxSplitError(
+                    "--method needs at least one method name (see `onnxsplit methods`)"
+                )
+            for name in names:
+                check(name)
+        except OnnxSplitError as exc:
+            _report(exc)
+        return names
+
+    shown = f" [default: {','.join(default)}]" if default else ""
+    return click.option(
+        "--method",
+        "--methods",
+        "methods",
+        multiple=True,
+        default=default,
+        metavar="M1,M2",
+        callback=parse,
+        help=help
+        + " A comma list; repeatable; --method and --methods are the same option."
+        + shown,
+    )
 
 
 @click.group()
@@ -75,10 +144,7 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--no-probe", is_flag=True, help="Skip the exactness probe on a random input.")
 @device_option("Execution provider for the probe.")
-@click.option(
-    "--methods",
-    default=None,
-    metavar="M1,M2",
+@methods_option(
     help="Write an attribution-ready model instead (default MODEL.explain.onnx): logits and "
     "map_<method> per method (see `onnxsplit methods`).",
 )
@@ -112,16 +178,15 @@ def convert(
     from onnxsplit.memory import return_large_blocks_to_os
 
     return_large_blocks_to_os()
-    if methods is not None or target_layer or maps_only:
+    if methods or target_layer or maps_only:
         if not methods:
             raise OnnxSplitError("--target-layer and --maps-only need --methods M1,M2")
         if mode != "normalized" or expose:
             raise OnnxSplitError("--methods cannot be combined with --mode raw or --expose")
-        names = [m.strip() for m in methods.split(",") if m.strip()]
         summary = convert_with_methods(
             model,
             output_path,
-            names,
+            list(methods),
             target_layer=target_layer,
             input_name=input_name,
             output_name=output_name,
@@ -178,19 +243,25 @@ def ops(markdown):
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--method",
-    default="splitcam",
-    show_default=True,
-    help="Attribution method (see `onnxsplit methods`).",
+@methods_option(
+    ("splitcam",),
+    _explained_method,
+    help="Attribution methods (see `onnxsplit methods`), compiled into one model and run in "
+    "one inference per batch.",
 )
 @click.option(
     "--target",
     default="auto",
     show_default=True,
-    help="Class index to explain, or 'auto' for the predicted class.",
+    help="Class index to explain, or 'auto' (or -1) for the predicted class.",
 )
 @click.option("--target-layer", default=None, metavar="TENSOR", help="CAM layer.")
+@click.option("--input", "input_name", help="Name of the data input (models with several).")
+@click.option(
+    "--output-name",
+    "output_name",
+    help="Name of the output to explain (models with several outputs).",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -206,28 +277,33 @@ def ops(markdown):
     default="imagenet",
     show_default=True,
     help="Preset (imagenet, efficientnet-lite, unit, none, digits), a JSON object "
-    "or a JSON file with scale/mean/std/color/resize.",
+    "or a JSON file with scale/mean/std/color/resize/quantize (an export-web preprocess.json "
+    "works).",
 )
 @click.option(
     "--labels",
     "labels_path",
     type=click.Path(path_type=Path),
-    help="Class names: text file (one per line) or JSON.",
+    help="Class names, one per class: text file (one per line) or JSON (list, or object "
+    "index -> name).",
 )
 @user_errors
 def explain(
     model,
     inputs,
-    method,
+    methods,
     target,
     target_layer,
+    input_name,
+    output_name,
     out_dir,
     batch_size,
     device,
     preprocess_spec,
     labels_path,
 ):
-    """Write saliency maps of MODEL for images, folders or .npy arrays (INPUTS)."""
+    """Write saliency maps of MODEL for images, folders or .npy arrays (INPUTS): one
+    <input>_<method>.png/.npy per input and method, and summary.csv/json."""
     from onnxsplit.explain.preprocess import get_preprocess
     from onnxsplit.explain.runner import explain as run_explain
 
@@ -244,10 +320,12 @@ def explain(
     run = run_explain(
         model,
         list(inputs),
-        method,
+        list(methods),
         out_dir,
         target=target_index,
         target_layer=target_layer,
+        input_name=input_name,
+        output_name=output_name,
         batch_size=batch_size,
         device=device,
         preprocess=pre,
@@ -275,12 +353,7 @@ def explain(
     required=True,
     help="Folder for the bundle (model.onnx, preprocess.json, labels.json).",
 )
-@click.option(
-    "--method",
-    "methods",
-    multiple=True,
-    help="Method to compile (repeatable; default: splitcam and gradcam).",
-)
+@methods_option(("splitcam", "gradcam"), help="Methods to compile.")
 @click.option(
     "--preset",
     default="efficientnet-lite",
@@ -314,7 +387,7 @@ def export_web(
     folder = export_bundle(
         model,
         out_dir,
-        methods=tuple(methods) or ("splitcam", "gradcam"),
+        methods=methods,
         preset=preset,
         labels=labels,
         force=force,
@@ -335,11 +408,11 @@ def export_web(
     type=click.Path(path_type=Path),
     help="Original ONNX model (or a zoo name such as efficientnet_lite0).",
 )
-@click.option(
-    "--methods",
-    default="gradcam,layercam,splitcam,lrp_zplus,gradient",
-    show_default=True,
-    help="Comma-separated method names (see `onnxsplit methods`).",
+@methods_option(
+    ("gradcam", "layercam", "splitcam", "lrp_zplus", "gradient"),
+    _evaluated_method,
+    help="Methods to score (see `onnxsplit methods`; also map variants such as splitcam_pos, "
+    "'random' and '<method>@other', docs/evaluate.md).",
 )
 @click.option(
     "--metrics",
@@ -378,7 +451,7 @@ def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limi
 
         result = run_evaluate(
             model_path,
-            _names(methods),
+            list(methods),
             _names(metrics),
             data,
             out_dir,
