@@ -38,11 +38,11 @@ def static_channels(tensor: gs.Tensor) -> int | None:
 
 
 def channel_scale(
-    graph: gs.Graph, x: gs.Tensor, factor: float, channels: int, name: str
+    graph: gs.Graph, x: gs.Tensor, factor: float, channels: int, name: str, dtype=None
 ) -> gs.Variable:
     """x * factor as a depthwise 1x1 Conv (x: [N, channels, H, W]); exact for factor +-1
     or a power of two. onnxruntime fuses an Add of its output into it."""
-    dtype = np.dtype(x.dtype or np.float32)
+    dtype = np.dtype(x.dtype or dtype or np.float32)
     weight = gs.Constant(f"{name}/w", np.full((channels, 1, 1, 1), factor, dtype))
     bias = gs.Constant(f"{name}/b", np.zeros(channels, dtype))
     out = gs.Variable(f"{name}/out", dtype=x.dtype, shape=x.shape)

@@ -20,7 +20,31 @@ from onnxsplit import skeleton
 from onnxsplit.errors import OnnxSplitError
 
 MIN_OPSET = 13
-TRAILING_NORMALIZERS = ("Softmax", "LogSoftmax")
+TRAILING_NORMALIZERS = ("Softmax", "LogSoftmax", "Sigmoid")  # removed: the logits are explained
+# int8 quantization on the activation path: a step function, whose DC split and gradient are
+# meaningless (zero almost everywhere); refused by every command alike. Weight-only
+# quantization (DequantizeLinear of initializers) folds into float weights and is accepted.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+    }
+)
 
 
 @dataclass
@@ -71,6 +95,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         ) from None
     _dropout_to_identity(graph)
     graph.fold_constants(error_ok=True).cleanup()
+    _refuse_quantized(graph)
     folded = _fold_batchnorm_into_conv(graph)
     removed = _remove_trailing_normalizers(graph)
     graph = _reinfer_shapes(graph.cleanup().toposort(), model)
@@ -92,6 +117,20 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         folded_batchnorms=folded,
         original_outputs=original_outputs,
     )
+
+
+def _refuse_quantized(graph: gs.Graph) -> None:
+    """One error naming the quantization nodes left after constant folding."""
+    nodes = [n for n in graph.nodes if n.op in QUANTIZED_OPS]
+    if nodes:
+        listed = ", ".join(f"'{n.name or '<unnamed>'}' ({n.op})" for n in nodes[:6])
+        more = f" and {len(nodes) - 6} more" if len(nodes) > 6 else ""
+        raise OnnxSplitError(
+            f"the model is quantized: {listed}{more} quantize activations, whose split and "
+            "gradients are a step function (zero almost everywhere). Explain the float model "
+            "the quantized one was made from (weight-only DequantizeLinear of initializers is "
+            "accepted: it folds into float weights)"
+        )
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

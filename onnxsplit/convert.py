@@ -268,6 +268,7 @@ def convert_with_methods(
 
     components=False: only logits and map_<method> (attach_methods(components=False))."""
     from onnxsplit.attribution.attach import attach_methods
+    from onnxsplit.contract import LOGITS, META_SOURCE_INPUT, META_SOURCE_OUTPUT, Interface
     from onnxsplit.emit import metadata
 
     model_path = Path(model_path)
@@ -295,19 +296,19 @@ def convert_with_methods(
     if meta.get("onnxsplit.attribution.target_layer"):
         lines.append(f"target layer: {meta['onnxsplit.attribution.target_layer']}")
     if probe:
-        data = meta["onnxsplit.input"]
-        x = (
-            np.random.default_rng(0)
-            .standard_normal(probe_input_shape(model, data, 2))
-            .astype(np.float32)
-        )
-        reference = run_original(model, data, meta["onnxsplit.source_output"], x, device)
+        iface = Interface.of(emitted)
+        source_input = meta.get(META_SOURCE_INPUT, iface.input_name)
+        shape = probe_input_shape(model, source_input, 2)
+        x = np.random.default_rng(0).standard_normal(shape).astype(iface.input_dtype)
+        reference = run_original(model, source_input, meta[META_SOURCE_OUTPUT], x, device)
         session = make_session(emitted.SerializeToString(), device)
-        outputs = session.run(None, {data: x, "target": np.full(2, -1, np.int64)})
+        outputs = iface.run(session, x, None, iface.outputs, source="the probe input")
         finite = all(np.all(np.isfinite(o)) for o in outputs)
+        logits = outputs[list(iface.outputs).index(LOGITS)]
         lines.append(
             f"exactness of logits on a probe input: "
-            f"{relative_error(outputs[0], reference):.2e}; maps finite: {finite}"
+            f"{relative_error(logits, reference.reshape(logits.shape)):.2e}; "
+            f"maps finite: {finite}"
         )
         lines.append(f"provider: {provider_used(session)}")
     save_model(emitted, out)

@@ -17,6 +17,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
@@ -25,10 +26,27 @@ from onnxsplit import __version__
 from onnxsplit.attribution.methods import AttributionContext, AttributionMethod, make_method
 from onnxsplit.blocked_layout import fuse_clips
 from onnxsplit.canonicalize import Canonical, canonicalize
+from onnxsplit.contract import (
+    LOGITS,
+    MAP_PREFIX,
+    META_BATCH,
+    META_HEAD,
+    META_INPUT,
+    META_LAYOUT,
+    META_MAPS,
+    META_METHODS,
+    META_SOURCE_INPUT,
+    META_SOURCE_OUTPUT,
+    META_TARGET_LAYER,
+    META_VERSION,
+    TARGET,
+    map_output,
+)
 from onnxsplit.emit import to_model
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.per_sample import scan_over_batch, worth_scanning
-from onnxsplit.split.driver import choose_input, choose_output
+from onnxsplit.split.driver import check_other_inputs_unused, choose_input, choose_output
+from onnxsplit.split.emitter import Emitter, claim_names, fresh_name
 
 ATTRIBUTION_OPSET = 17
 
@@ -88,9 +106,15 @@ def attach_methods(
         raise OnnxSplitError(f"a method is requested twice: {names}")
     canonical = raise_opset(canonicalize(model))
     data = choose_input(canonical, input_name)
+    check_other_inputs_unused(canonical.graph, data)  # every method alike
     logits = choose_output(canonical, output_name)
-    if logits.shape is not None and len(logits.shape) != 2:
-        raise OnnxSplitError(f"output '{logits.name}' must be [N, classes], got {logits.shape}")
+    source_output, source_input = logits.name, data.name
+    logits, head = explained_head(canonical, logits)
+    if target_layer is not None and target_layer not in canonical.graph.tensors():
+        raise OnnxSplitError(
+            f"--target-layer '{target_layer}': the model has no tensor of that name "
+            "(`onnxsplit inspect MODEL` lists the candidate layers)"
+        )
 
     ctx = AttributionContext(canonical, data, logits, target_layer)
     for method in resolved:
@@ -103,34 +127,44 @@ def attach_methods(
         maps.update(method.build(ctx))
 
     graph = ctx.graph
-    ctx.em.scope = "outputs"
-    outputs = [_named(ctx, logits, "logits", list(logits.shape or [None, None]))]
+    em = ctx.em
+    em.scope = "outputs"
     batch = data.shape[0] if data.shape else None
     map_shape = [batch] + [data.shape[a] for a in ctx.layout.spatial_axes]
     if ctx.layout.channel_axis is None:
         map_shape = list(data.shape or [batch, None])
     if not components:
-        maps = {name: maps[f"map_{name}"] for name in names}
-        maps = {f"map_{name}": tensor for name, tensor in maps.items()}
+        maps = {map_output(name): maps[map_output(name)] for name in names}
+    public = [(LOGITS, logits, list(logits.shape or [None, None]))]
     for name, tensor in maps.items():  # maps [N, H, W]; diagnostics (not map_*) [N]
-        outputs.append(_named(ctx, tensor, name, map_shape if name.startswith("map_") else [batch]))
+        public.append((name, tensor, map_shape if name.startswith(MAP_PREFIX) else [batch]))
+    outputs = []
+    for name, tensor, shape in public:  # a copy per output: one tensor may serve two
+        out = em.one("Identity", [tensor])
+        out.dtype, out.shape = ctx.dtype, shape
+        outputs.append((out, name))
     graph.inputs = [data, ctx.target]
-    graph.outputs = outputs
+    graph.outputs = [out for out, _ in outputs]
+    wanted = [(ctx.target, TARGET), *outputs]
+    if data.name in {name for _, name in wanted} or data.name.startswith(MAP_PREFIX):
+        wanted.append((data, fresh_name(f"input_{data.name}", em.taken)))
+    claim_names(graph, wanted, em.taken)
     fuse_clips(graph.cleanup())  # on the final graph: its readers decide what fuses
     graph.toposort()
     layer = None
     if any(hasattr(m, "layer") for m in resolved):
         layer = next(m.layer(ctx) for m in resolved if hasattr(m, "layer"))
     meta = {
-        "onnxsplit.version": __version__,
-        "onnxsplit.attribution.methods": json.dumps(names),
-        "onnxsplit.attribution.maps": json.dumps(
-            {name: _describe(resolved, name) for name in maps}
-        ),
-        "onnxsplit.attribution.target_layer": layer or "",
-        "onnxsplit.attribution.layout": ctx.layout.name,
-        "onnxsplit.input": data.name,
-        "onnxsplit.source_output": logits.name,
+        META_VERSION: __version__,
+        META_METHODS: json.dumps(names),
+        META_MAPS: json.dumps({name: _describe(resolved, name) for name in maps}),
+        META_TARGET_LAYER: layer or "",
+        META_LAYOUT: ctx.layout.name,
+        META_INPUT: data.name,
+        META_SOURCE_OUTPUT: source_output,
+        META_SOURCE_INPUT: source_input,
+        META_BATCH: str(batch) if isinstance(batch, int) else "",
+        META_HEAD: head,
     }
     compiled = to_model(graph, canonical.opset, meta)
     if per_sample is True or (per_sample == "auto" and worth_scanning(compiled, model)):
@@ -138,17 +172,37 @@ def attach_methods(
     return compiled
 
 
-def _named(ctx: AttributionContext, tensor: gs.Tensor, name: str, shape) -> gs.Variable:
-    """`tensor` as a graph output named `name` (an Identity copy unless it has that name)."""
-    if tensor.name == name:
-        tensor.dtype, tensor.shape = ctx.dtype, shape
-        return tensor
-    clash = ctx.graph.tensors().get(name)
-    if clash is not None:
-        clash.name = f"{name}__internal"
-    out = ctx.em.one("Identity", [tensor])
-    out.name, out.dtype, out.shape = name, ctx.dtype, shape
-    return out
+def explained_head(canonical: Canonical, output: gs.Tensor) -> tuple[gs.Tensor, str]:
+    """The [N, K] tensor whose entries are explained, and how it was read from `output`:
+    [N, K] as it is; [N] as [N, 1]; [N, K, 1, ...] flattened (SqueezeNet/DenseNet exports);
+    [N, K, *spatial] (segmentation) as the class score summed over the map. It replaces
+    `output` among the canonical graph's outputs, so every split graph explains it too."""
+    shape = output.shape
+    if shape is None or len(shape) == 2:
+        return output, "logits [N, K]"
+    graph, em = (
+        canonical.graph,
+        Emitter(canonical.graph, canonical.opset, np.dtype(output.dtype or np.float32)),
+    )
+    em.scope = "head"
+    rank = len(shape)
+    if rank == 0:
+        raise OnnxSplitError(f"output '{output.name}' is a scalar; a per-sample output is needed")
+    if rank == 1:
+        head = em.one("Unsqueeze", [output, em.const(np.asarray([1]), "axes", np.int64)])
+        how = "one score [N] as [N, 1]"
+    elif all(d == 1 for d in shape[2:]):
+        head = em.one("Flatten", [output], {"axis": 1})
+        how = f"[N, K, {', '.join('1' * (rank - 2))}] flattened to [N, K]"
+    else:
+        axes = em.const(np.arange(2, rank), "axes", np.int64)
+        head = em.one("ReduceSum", [output, axes], {"keepdims": 0})
+        how = f"segmentation [N, K, {', '.join('*' * (rank - 2))}]: class k summed over the map"
+    head.dtype = output.dtype
+    head.shape = [shape[0], 1 if rank == 1 else shape[1]]
+    graph.outputs = [head if t is output else t for t in graph.outputs]
+    graph.cleanup().toposort()
+    return head, how
 
 
 def _describe(methods: Sequence[AttributionMethod], output: str) -> str:

@@ -28,6 +28,7 @@ from onnxsplit.attribution.splitgraph import (
 )
 from onnxsplit.blocked_layout import channel_scale, static_channels
 from onnxsplit.canonicalize import Canonical
+from onnxsplit.contract import build_target_seed
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.stabilize import non_negative_source
@@ -214,6 +215,7 @@ class AttributionContext:
                 prefix=prefix,
                 seeded=seeded,
                 split=split,
+                taken=self.em.taken,
             )
             if key[0] == "full":
                 self._splits[mode] = merged
@@ -221,19 +223,10 @@ class AttributionContext:
                 self._heads[(mode, start)] = merged
 
     def build_seed(self) -> None:
-        """target int64 [N] (-1 = argmax of the logits) -> one-hot rows [N, K]."""
-        em = self.em
-        em.scope = "target"
-        self.target = gs.Variable("target", dtype=np.int64, shape=[self.data.shape[0]])
-        argmax = em.one("ArgMax", [self.logits], {"axis": 1, "keepdims": 0})
-        chosen = em.one("Where", [em.one("Less", [self.target, self._i64(0)]), argmax, self.target])
-        classes = em.one("Gather", [em.one("Shape", [self.logits]), self._i64(1)], {"axis": 0})
-        rows = em.one("Range", [self._i64(0), classes, self._i64(1)])
-        column = em.one("Unsqueeze", [chosen, self._i64([1])])
-        equal = em.one("Equal", [column, rows])
-        self.onehot = em.one("Cast", [equal], {"to": _onnx_dtype(self.dtype)})
-        self.onehot.dtype = self.dtype
-        self.chosen = chosen
+        """target int64 [N] (-1 = argmax of the logits) -> one-hot rows [N, K]
+        (contract.build_target_seed; the input gets its public name when the graph is done)."""
+        batch = self.data.shape[0] if self.data.shape else None
+        self.target, self.chosen, self.onehot = build_target_seed(self.em, self.logits, batch)
 
     def compute_gradients(self, names: list[str]) -> None:
         """One plain backward pass of the target logit for every requested tensor."""
@@ -312,12 +305,6 @@ class AttributionContext:
             {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
         )
         return em.one("Squeeze", [resized, self._i64([1])])
-
-
-def _onnx_dtype(dtype: np.dtype) -> int:
-    import onnx
-
-    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -667,6 +654,13 @@ class SplitLRP(AttributionMethod):
             self.name = name
 
     def prepare(self, ctx):
+        if ctx.dtype.itemsize < 4:
+            raise OnnxSplitError(
+                f"{self.name} needs float32 or float64: its ratio steps divide by streams "
+                f"that underflow in {ctx.dtype} (NaN maps). Convert the model to float32 "
+                "first (e.g. onnxconverter-common's float16 converter); the other methods "
+                f"compile in {ctx.dtype}"
+            )
         # the seeded affine layers' backward is the ratio form with absorbed biases
         ctx.request_split(None, self.mode, seeded=self.form == "ratio" and self.absorb)
 
@@ -869,7 +863,9 @@ def _ratio_steps(factors, channels: int | None):
         em = bw.em
         s = lrp.ratio_step(bw, d, *factor)
         return (
-            s if channels is None else channel_scale(em.graph, s, 1.0, channels, em.name("blocked"))
+            s
+            if channels is None
+            else channel_scale(em.graph, s, 1.0, channels, em.name("blocked"), em.dtype)
         )
 
     def fn(bw, douts):

@@ -1,11 +1,11 @@
-"""The split graph inside an attribution model: merge it beside the original graph, find its
-re-centering nodes (SplitGraph.recentered), and read off the two streams at a target layer.
+"""The split graph inside an attribution model: merge it beside the original graph and read
+off the two streams at a target layer, from the split compiler's records (references to its
+tensors, `split.driver.SplitGraph`), never by names or by pattern.
 
-The `normalized` stabilizer re-centers a pair (p, q) as d = Sub(p, q), (Relu(d), Relu(Neg(d))).
-In the backward pass the removed common part min(p, q) is a constant, so the adjoint of the
+The `normalized` stabilizer re-centers a pair (p, q) as (relu(p - q), relu(q - p)). In the
+backward pass the removed common part min(p, q) is a constant, so the adjoint of the
 re-centered pair passes straight to (p, q): each re-centering becomes an identity
-`SubgraphAdjoint`. The nodes are found by their structure (a Sub whose output feeds exactly one
-Relu and one Neg, the Neg feeding exactly one Relu); no other split rule emits that pattern.
+`SubgraphAdjoint` (or SplitLRP's ratio step).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from onnxsplit.attribution import lrp
 from onnxsplit.attribution.autodiff import Backward, SubgraphAdjoint
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.split.driver import X_NEG, X_POS, SplitGraph, head_start_problem, split_graph
+from onnxsplit.split.driver import SplitGraph, head_start_problem, split_graph
+from onnxsplit.split.emitter import all_tensors, fresh_name, names_in
 from onnxsplit.split.registry import Kind
 from onnxsplit.stabilize import Stabilizer, get_stabilizer
 
@@ -227,37 +228,31 @@ class MergedSplit:
         return kept + self.block_overrides(sink, drop_zero_neg=True)
 
 
-def find_recenterings(nodes) -> list[Recentering]:
-    found = []
-    for sub in nodes:
-        if sub.op != "Sub" or len(sub.inputs) != 2:
-            continue
-        d = sub.outputs[0]
-        consumers = list(d.outputs)
-        if len(consumers) != 2 or sorted(n.op for n in consumers) != ["Neg", "Relu"]:
-            continue
-        relu = next(n for n in consumers if n.op == "Relu")
-        neg = next(n for n in consumers if n.op == "Neg")
-        neg_users = list(neg.outputs[0].outputs)
-        if len(neg_users) != 1 or neg_users[0].op != "Relu":
-            continue
-        found.append(
-            Recentering(sub.inputs[0], sub.inputs[1], relu.outputs[0], neg_users[0].outputs[0])
-        )
-    return found
-
-
-def _with_shapes(graph: gs.Graph, opset: int) -> gs.Graph:
-    """The split emitter leaves intermediate shapes open; the adjoint rules want them."""
-    model = gs.export_onnx(graph)
+def infer_shapes_in_place(graph: gs.Graph, opset: int) -> None:
+    """The split emitter leaves intermediate shapes open; the adjoint rules want them. Shapes
+    are inferred on an exported copy and set on the graph's own tensors (their names are
+    unique in the split graph), so references held elsewhere stay valid."""
+    model = gs.export_onnx(graph, do_type_check=False)
     del model.opset_import[:]
     model.opset_import.append(onnx.helper.make_opsetid("", opset))
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
-        return graph
-    return gs.import_onnx(model)
+        return
+    infos = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
+    for tensor in all_tensors(graph):
+        info = infos.get(tensor.name)
+        if info is None or isinstance(tensor, gs.Constant):
+            continue
+        kind = info.type.tensor_type
+        if kind.elem_type and tensor.dtype is None:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type)
+        if kind.HasField("shape") and tensor.shape is None:
+            tensor.shape = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in kind.shape.dim
+            ]
 
 
 def can_start_at(
@@ -300,12 +295,17 @@ def merge_split_graph(
     prefix: str | None = None,
     seeded: bool = False,
     split: SplitGraph | None = None,
+    taken: set[str] | None = None,
 ) -> MergedSplit:
     """Build the split graph of `canonical` exposing `layers` and add its nodes to `graph`.
 
     Call before anything is added to canonical.graph (the split compiler reads it). The split
-    graph reads the same data input; its tensors and nodes are renamed with the prefix 'split/'.
-    The streams of each layer are returned re-centered when the stabilizer re-centers there.
+    graph reads the same data input (and, seeded, the source tensors it was built from: its
+    placeholders are replaced by those tensors, by reference). Its own tensors are renamed
+    with `prefix` into names that nothing in `graph` has (`taken`: every name in use, updated);
+    what attribution needs comes from the split compiler's records as references, so no path
+    is found, lost or doubled by a name. The streams of each layer are returned re-centered
+    when the stabilizer re-centers there.
 
     start: split only the graph after the original tensor `start`, seeded with
     (relu(A), relu(-A)) (prefix 'splithead/'; `can_start_at` tells whether it may). Its input
@@ -318,52 +318,44 @@ def merge_split_graph(
     prefix = prefix or (PREFIX if start is None else HEAD_PREFIX)
     if split is None:
         split = build_split(canonical, data, logits, layers, mode, start, seeded)
-    sg = _with_shapes(split.graph, canonical.opset)
-    source = graph.tensors()
-    reads = {id(t): source[t.name] for t in sg.inputs[1:]}
-    reads[id(sg.inputs[0])] = data if start is None else source[start]
-    outputs = {t.name: t for t in sg.outputs}
-    for tensor in sg.tensors().values():
-        if id(tensor) not in reads:
-            tensor.name = prefix + tensor.name
+    if taken is None:
+        taken = names_in(graph)
+    sg = split.graph
+    infer_shapes_in_place(sg, canonical.opset)
+    reads = {id(placeholder): tensor for placeholder, tensor in split.reads}
+    reads[id(sg.inputs[0])] = split.seed
+    for tensor in all_tensors(sg):
+        if id(tensor) not in reads and tensor.name:  # "" marks an omitted optional input
+            tensor.name = fresh_name(prefix + tensor.name, taken)
     for node in sg.nodes:
-        node.name = prefix + (node.name or node.op)
+        node.name = fresh_name(prefix + (node.name or node.op), taken)
         for i, tensor in enumerate(node.inputs):
             if id(tensor) in reads:
                 node.inputs[i] = reads[id(tensor)]
     graph.nodes.extend(sg.nodes)
-    tensors = sg.tensors()
+    sg.nodes = []
     recenterings = [
-        Recentering(
-            *(tensors[prefix + n] for n in names[:4]),
-            None if names[4] is None else source[names[4]],
-            tensors.get(prefix + split.rectified.get(names[2], "")),
-        )
-        for names in split.recentered
-        if all(prefix + n in tensors for n in names[:4])
+        Recentering(r.pos_in, r.neg_in, r.pos_out, r.neg_out, r.source, r.rectifier_pos)
+        for r in split.recentered
     ]
-    if len(recenterings) != len(split.recentered):  # a name lost: fall back to the structure
-        recenterings = find_recenterings(sg.nodes)
-    by_input = {(r.pos_in.name, r.neg_in.name): r for r in recenterings}
     merged = MergedSplit(
-        outputs["g"],
-        outputs["h"],
-        tensors.get(prefix + X_POS),
-        tensors.get(prefix + X_NEG),
+        split.g,
+        split.h,
+        split.x_pos,
+        split.x_neg,
         recenterings=recenterings,
-        positive={prefix + name for name in split.positive},
+        positive={t.name for t in split.positive},
     )
-    nodes = {n.name: n for n in sg.nodes}
     for b in split.blocks:
         merged.blocks.append(
             SeededBlock(
-                tensors[prefix + b.pos_in],
-                tensors[prefix + b.neg_in],
-                None if b.original is None else source[b.original],
-                tensors[prefix + b.pos_out],
-                tensors[prefix + b.neg_out],
-                nodes[prefix + b.mass_node],
-                tensors[prefix + b.total],
+                b.pos_in,
+                b.neg_in,
+                b.original,
+                b.pos_out,
+                b.neg_out,
+                b.mass_node,
+                b.total,
                 b.half_weight,
                 b.bias_parts,
                 b.zero_neg,
@@ -375,12 +367,11 @@ def merge_split_graph(
                 raise OnnxSplitError(f"a split graph from '{start}' cannot expose '{layer}'")
         merged.streams[start] = (merged.x_pos, merged.x_neg)
         return merged
+    by_input = {(id(r.pos_in), id(r.neg_in)): r for r in recenterings}
     for layer in layers:
-        if layer not in split.exposed:
+        if layer not in split.streams:
             raise OnnxSplitError(f"the split graph did not expose '{layer}'")
-        g_name, h_name = split.exposed[layer]
-        pos = outputs[g_name].inputs[0].inputs[0]
-        neg = outputs[h_name].inputs[0].inputs[0]
-        rec = by_input.get((pos.name, neg.name))
+        pos, neg = split.streams[layer]
+        rec = by_input.get((id(pos), id(neg)))
         merged.streams[layer] = (rec.pos_out, rec.neg_out) if rec else (pos, neg)
     return merged

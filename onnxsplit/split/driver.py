@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError, UnsupportedModelError
-from onnxsplit.split.emitter import Emitter
+from onnxsplit.split.emitter import Emitter, all_tensors, claim_names, names_in
 from onnxsplit.split.registry import RULES, supported_ops
 from onnxsplit.split.values import SPLIT, Abstract, Const, Pair, Plain, SplitMarker, Value
 from onnxsplit.stabilize import Stabilizer, rectifies_at_zero
@@ -49,24 +49,49 @@ NOT_PIECEWISE_LINEAR = {
 X_POS, X_NEG = "x_pos", "x_neg"
 
 
+@dataclass(frozen=True)
+class Recentered:
+    """A re-centering (p, q) -> (relu(p - q), relu(q - p)) of the split graph, as references.
+
+    source: the source graph's tensor A the outputs were made from (seeded: (relu(A),
+    relu(A) - A)), or None. rectifier_pos: for a seeded re-centering of a Relu / Clip(0, hi)
+    output, the positive stream p of the rectifier's input pair (p, q) (the rectifier passes
+    relu(p - q), whose winner-takes-all adjoint reaches p alone)."""
+
+    pos_in: gs.Tensor
+    neg_in: gs.Tensor
+    pos_out: gs.Tensor
+    neg_out: gs.Tensor
+    source: gs.Tensor | None = None
+    rectifier_pos: gs.Tensor | None = None
+
+
 @dataclass
 class SplitGraph:
+    """The split graph and what attribution needs from it, as tensor references (never names:
+    merging it beside the source graph renames its tensors)."""
+
     graph: gs.Graph
     input_name: str
     output_name: str
-    exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    seed: gs.Tensor  # the source graph's tensor the split graph's input stands for
+    logits: gs.Tensor
+    g: gs.Tensor
+    h: gs.Tensor
+    x_pos: gs.Tensor
+    x_neg: gs.Tensor
+    exposed: dict[str, tuple[str, str]] = field(default_factory=dict)  # layer -> output names
+    streams: dict[str, tuple[gs.Tensor, gs.Tensor]] = field(default_factory=dict)  # exposed
     rule_counts: Counter = field(default_factory=Counter)
-    # every re-centering: (pos in, neg in, pos out, neg out, source) tensor names; a backward
-    # pass that treats the removed common part as a constant passes adjoints straight through
-    # these; source: the source graph's tensor the streams were re-centered from (seeded), or None
-    recentered: list[tuple[str, str, str, str, str | None]] = field(default_factory=list)
+    # every re-centering; a backward pass that treats the removed common part as a constant
+    # passes adjoints straight through these
+    recentered: list[Recentered] = field(default_factory=list)
     # seeded affine layers (rules_affine.AffineBlock), whose backward pass is an override
     blocks: list = field(default_factory=list)
-    # seeded re-centerings of a Relu / Clip(0, hi) output: pos out name -> the positive stream
-    # p of the rectifier's input pair (p, q); the rectifier passes A = relu(p - q) (capped)
-    # and its winner-takes-all adjoint reaches p alone (see attribution.splitgraph.Recentering)
-    rectified: dict[str, str] = field(default_factory=dict)
-    positive: set[str] = field(default_factory=set)  # streams > 0 by construction
+    # placeholders of the source graph's tensors the seeded split graph reads (its inputs
+    # after the first): (placeholder, source tensor)
+    reads: list[tuple[gs.Tensor, gs.Tensor]] = field(default_factory=list)
+    positive: list[gs.Tensor] = field(default_factory=list)  # streams > 0 by construction
 
 
 def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
@@ -76,7 +101,7 @@ def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
     if name is not None:
         for tensor in inputs:
             if tensor.name == name:
-                return tensor
+                return _checked_input(tensor)
         raise OnnxSplitError(
             f"the model has no input '{name}'; its inputs are: " + ", ".join(t.name for t in inputs)
         )
@@ -86,6 +111,15 @@ def choose_input(canonical: Canonical, name: str | None) -> gs.Variable:
             "choose the image/feature input with --input NAME"
         )
     tensor = inputs[0]
+    return _checked_input(tensor)
+
+
+def _checked_input(tensor: gs.Variable) -> gs.Variable:
+    if tensor.shape and tensor.shape[0] == 0:
+        raise OnnxSplitError(
+            f"input '{tensor.name}' declares batch 0 ({tensor.shape}); export the model with "
+            "a batch >= 1 or a dynamic batch axis"
+        )
     if tensor.dtype is None or not np.issubdtype(np.dtype(tensor.dtype), np.floating):
         raise OnnxSplitError(
             f"input '{tensor.name}' has type {tensor.dtype}; a float input is needed"
@@ -181,7 +215,7 @@ def split_graph(
     data_input = choose_input(canonical, input_name)
     output = choose_output(canonical, output_name)
     _check_dangling_inputs(source)
-    _check_other_inputs_unused(source, data_input)
+    check_other_inputs_unused(source, data_input)
     check_graph(source, data_input)
     known = {t.name for n in source.nodes for t in n.outputs}
     for name in expose:
@@ -201,17 +235,25 @@ def split_graph(
     dtype = np.dtype(data_input.dtype)
     # the fast form relies on minimal pairs, which only a re-centering stabilizer maintains
     stable = bool(stabilizer.recenter_kinds)
-    em = Emitter(graph, canonical.opset, dtype, fast=fast and stable, seeded=seeded and stable)
+    em = Emitter(
+        graph,
+        canonical.opset,
+        dtype,
+        fast=fast and stable,
+        seeded=seeded and stable,
+        taken=names_in(source),
+    )
     em.exposed = set(expose)
     x = gs.Variable(seed.name, dtype=seed.dtype or data_input.dtype, shape=seed.shape)
     graph.inputs = [x]
     em.scope = "input"
     x_pos = em.relu(x)
     x_neg = em.relu(em.neg(x))
-    x_pos.name, x_neg.name = X_POS, X_NEG
     values: dict[str, Value] = {seed.name: Pair(x_pos, x_neg, x)}
-    result = SplitGraph(graph, seed.name, output.name)
-    exposed_outputs: list[gs.Variable] = []
+    exposed: dict[str, tuple[gs.Variable, gs.Variable]] = {}
+    streams: dict[str, tuple[gs.Tensor, gs.Tensor]] = {}
+    recentered: list[Recentered] = []
+    rule_counts: Counter = Counter()
 
     for node in source.nodes:
         if id(node) in skip:
@@ -222,31 +264,38 @@ def split_graph(
             continue
         rule = RULES[node.op]
         em.scope = node.name or node.op
-        result.rule_counts[node.op] += 1
+        rule_counts[node.op] += 1
         outputs = rule.emit(em, node, inputs)
         split_inputs = sum(isinstance(v, Pair) for v in inputs)
         for tensor, value in zip(node.outputs, outputs, strict=True):
             if isinstance(value, Pair) and tensor.name in expose:
                 g = em.one("Identity", [value.pos])
                 h = em.one("Identity", [value.neg])
-                g.name, h.name = f"{tensor.name}__g", f"{tensor.name}__h"
                 g.dtype = h.dtype = dtype
                 g.shape = h.shape = tensor.shape
-                exposed_outputs += [g, h]
-                result.exposed[tensor.name] = (g.name, h.name)
+                exposed[tensor.name] = (g, h)
+                streams[tensor.name] = (value.pos, value.neg)
             if (
                 isinstance(value, Pair)
-                and tensor.name != output.name
+                and tensor is not output
                 and stabilizer.wants(rule.kind, split_inputs)
             ):
                 em.scope = f"{node.name or node.op}/recenter"
                 stable = stabilizer.apply(em, value, tensor)
-                seeded_from = tensor.name if stable.difference.name == tensor.name else None
-                result.recentered.append(
-                    (value.pos.name, value.neg.name, stable.pos.name, stable.neg.name, seeded_from)
+                from_source = stable.difference is em.originals.get(tensor.name)
+                rectifier_pos = None
+                if from_source and stable.zero_neg and rectifies_at_zero(node):
+                    rectifier_pos = inputs[0].pos
+                recentered.append(
+                    Recentered(
+                        value.pos,
+                        value.neg,
+                        stable.pos,
+                        stable.neg,
+                        tensor if from_source else None,
+                        rectifier_pos,
+                    )
                 )
-                if seeded_from and stable.zero_neg and rectifies_at_zero(node):
-                    result.rectified[stable.pos.name] = inputs[0].pos.name
                 value = stable
             values[tensor.name] = value
 
@@ -256,27 +305,48 @@ def split_graph(
     em.scope = "output"
     logits = em.sub(final.pos, final.neg)
     g, h = em.one("Identity", [final.pos]), em.one("Identity", [final.neg])
-    for tensor, name in ((logits, "logits"), (g, "g"), (h, "h")):
-        tensor.name, tensor.dtype, tensor.shape = name, dtype, output.shape
+    for tensor in (logits, g, h):
+        tensor.dtype, tensor.shape = dtype, output.shape
+    exposed_outputs = [t for pair in exposed.values() for t in pair]
     graph.outputs = [logits, g, h, *exposed_outputs]
     if em.seeded:  # seeded re-centerings read the source: keep the streams they re-center
         # and the seeded layers' inputs (a zero negative stream may have no reader), which
         # the backward passes refer to
-        kept = {t.name for t in graph.outputs}
-        streams = [names[:4] for names in result.recentered]
-        streams += [(b.pos_in, b.neg_in) for b in em.blocks]  # a zero q may have no reader
-        for names in streams:
-            for name in names:
-                tensor = graph.tensors().get(name)
-                if tensor is not None and name not in kept:
-                    kept.add(name)
+        kept = {id(t) for t in graph.outputs}
+        streams_kept = [(r.pos_in, r.neg_in, r.pos_out, r.neg_out) for r in recentered]
+        streams_kept += [(b.pos_in, b.neg_in) for b in em.blocks]
+        for group in streams_kept:
+            for tensor in group:
+                if id(tensor) not in kept:
+                    kept.add(id(tensor))
                     tensor.dtype = tensor.dtype or dtype
                     graph.outputs.append(tensor)
     graph.inputs = [x, *em.originals.values()]
     graph.cleanup().toposort()
-    result.blocks = list(em.blocks)
-    result.positive = set(em.positive)
-    return result
+    # the public names of the split model; any other tensor that has one is renamed
+    public = [(logits, "logits"), (g, "g"), (h, "h"), (x_pos, X_POS), (x_neg, X_NEG)]
+    for name, (eg, eh) in exposed.items():
+        public += [(eg, f"{name}__g"), (eh, f"{name}__h")]
+    claim_names(graph, public, em.taken)
+    positive = [t for t in all_tensors(graph) if t.name in em.positive]
+    return SplitGraph(
+        graph,
+        seed.name,
+        output.name,
+        seed=seed,
+        logits=logits,
+        g=g,
+        h=h,
+        x_pos=x_pos,
+        x_neg=x_neg,
+        exposed={name: (eg.name, eh.name) for name, (eg, eh) in exposed.items()},
+        streams=streams,
+        rule_counts=rule_counts,
+        recentered=recentered,
+        blocks=list(em.blocks),
+        reads=[(em.originals[name], em.sources[name]) for name in em.originals],
+        positive=positive,
+    )
 
 
 def _downstream_nodes(graph: gs.Graph, name: str) -> set[int]:
@@ -367,7 +437,7 @@ def _check_dangling_inputs(graph: gs.Graph) -> None:
                 )
 
 
-def _check_other_inputs_unused(graph: gs.Graph, data_input: gs.Variable) -> None:
+def check_other_inputs_unused(graph: gs.Graph, data_input: gs.Variable) -> None:
     readers: dict[str, list[str]] = {}
     for node in graph.nodes:
         for tensor in node.inputs:

@@ -13,6 +13,55 @@ from onnxsplit.split.values import Const, Pair, negative_part, positive_part
 Operand = gs.Tensor | np.ndarray | float
 
 
+def names_in(graph: gs.Graph) -> set[str]:
+    """Every tensor and node name of `graph`."""
+    names = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for node in graph.nodes:
+        names.add(node.name)
+        names.update(t.name for t in node.inputs)
+        names.update(t.name for t in node.outputs)
+    names.discard("")
+    return names
+
+
+def all_tensors(graph: gs.Graph) -> list[gs.Tensor]:
+    """Every tensor of `graph` once, by identity (two tensors may share a name while a graph
+    is being built; `graph.tensors()` would keep one of them)."""
+    seen: dict[int, gs.Tensor] = {}
+    for tensor in [*graph.inputs, *graph.outputs]:
+        seen[id(tensor)] = tensor
+    for node in graph.nodes:
+        for tensor in [*node.inputs, *node.outputs]:
+            seen[id(tensor)] = tensor
+    return list(seen.values())
+
+
+def fresh_name(candidate: str, taken: set[str]) -> str:
+    """`candidate`, or `candidate~k` with the smallest k >= 1 that no name in `taken` has;
+    the result is added to `taken`."""
+    name, k = candidate, 0
+    while name in taken:
+        k += 1
+        name = f"{candidate}~{k}"
+    taken.add(name)
+    return name
+
+
+def claim_names(graph: gs.Graph, wanted: Sequence[tuple[gs.Tensor, str]], taken: set[str]) -> None:
+    """Give each tensor its wanted (public) name; any other tensor of the graph that has one of
+    those names is renamed to a fresh one first. This is how user tensors named `logits`,
+    `g`, `target`, `map_*` ... step aside for the names onnxsplit's contract gives."""
+    wanted_ids = {id(t) for t, _ in wanted}
+    names = {name for _, name in wanted}
+    for tensor in all_tensors(graph):
+        if tensor.name in names and id(tensor) not in wanted_ids and tensor.name:
+            tensor.name = fresh_name(tensor.name, taken | names)
+            taken.add(tensor.name)
+    for tensor, name in wanted:
+        tensor.name = name
+        taken.add(name)
+
+
 class Emitter:
     """Owns the graph being built; every emitted node and constant gets a unique name."""
 
@@ -23,8 +72,12 @@ class Emitter:
         dtype: np.dtype,
         fast: bool = False,
         seeded: bool = False,
+        taken: set[str] | None = None,
     ):
         self.graph = graph
+        # every name in use: the graph's own and (for a split graph that will run beside its
+        # source) the source's, so that no emitted tensor can take a user tensor's name
+        self.taken: set[str] = set(taken or ()) | names_in(graph)
         # fast: affine layers on minimal pairs use the difference/mass form (two convolutions
         # instead of four); the streams are the same numbers up to rounding
         self.fast = fast
@@ -35,15 +88,21 @@ class Emitter:
         self.blocks: list = []
         self.exposed: set[str] = set()  # source tensors whose streams are read as they are
         self.positive: set[str] = set()  # emitted streams that are > 0 by construction
-        self.originals: dict[str, gs.Variable] = {}
+        self.originals: dict[str, gs.Variable] = {}  # source name -> placeholder
+        self.sources: dict[str, gs.Tensor] = {}  # source name -> the source graph's tensor
         self.opset = opset
         self.dtype = np.dtype(dtype)
         self._counter = 0
         self.scope = "split"
 
     def name(self, hint: str) -> str:
-        self._counter += 1
-        return f"{self.scope}/{hint}_{self._counter}"
+        """A name no tensor or node of the graph (or of `taken`) has."""
+        while True:
+            self._counter += 1
+            candidate = f"{self.scope}/{hint}_{self._counter}"
+            if candidate not in self.taken:
+                self.taken.add(candidate)
+                return candidate
 
     def const(self, array: np.ndarray | float, hint: str = "c", dtype=None) -> gs.Constant:
         value = np.asarray(array, dtype=dtype or self.dtype)
@@ -53,8 +112,9 @@ class Emitter:
         """A placeholder for the source graph's tensor (an extra input of the split graph)."""
         if tensor.name not in self.originals:
             self.originals[tensor.name] = gs.Variable(
-                tensor.name, dtype=tensor.dtype or self.dtype, shape=tensor.shape
+                self.name("original"), dtype=tensor.dtype or self.dtype, shape=tensor.shape
             )
+            self.sources[tensor.name] = tensor
         return self.originals[tensor.name]
 
     def _operand(self, value: Operand) -> gs.Tensor:
@@ -124,7 +184,9 @@ class Emitter:
         the product is a depthwise 1x1 Conv, whose sum onnxruntime fuses in its blocked layout
         (a Mul or Sub would run in plain layout with reorders around it; blocked_layout)."""
         if channels:
-            scaled = channel_scale(self.graph, b, factor, channels, self.name("channel_scale"))
+            scaled = channel_scale(
+                self.graph, b, factor, channels, self.name("channel_scale"), self.dtype
+            )
             return self.add(a, scaled)
         if factor == -1.0:
             return self.sub(a, b)

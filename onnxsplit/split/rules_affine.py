@@ -103,7 +103,7 @@ def _split_linear_seeded(
         if b is not None:
             b = b.astype(weight.dtype)
             if node.op == "Conv" and len(node.inputs) == 2:  # the Conv's own bias input
-                per_channel = np.broadcast_to(b.reshape(-1) if b.size > 1 else b, w.shape[:1])
+                per_channel = np.broadcast_to(b.reshape(-1), w.shape[:1])
                 node.inputs.append(em.const(np.ascontiguousarray(per_channel), "b"))
             else:
                 y = em.plus_const(y, b)
@@ -123,7 +123,7 @@ def _split_linear_seeded(
         neg, _ = mapped(total, negative_part(weight), bias if bias is None else negative_part(bias))
     else:  # one map of the mass p + q (q = 0: of p) and f from the source
         total = pair.pos if pair.zero_neg else pair.total or em.add(pair.pos, pair.neg)
-        source = original.name
+        source = original
         f = em.original(original)
         if rectified:
             # only the rectifier reads the streams, and its ratio step is scale-free: emit
@@ -151,13 +151,13 @@ def _split_linear_seeded(
             neg = em.plus_scaled(mass, f, -0.5, channels)
     em.blocks.append(
         AffineBlock(
-            pair.pos.name,
-            pair.neg.name,
+            pair.pos,
+            pair.neg,
             source,
-            pos.name,
-            neg.name,
-            node.name,
-            total.name,
+            pos,
+            neg,
+            node,
+            total,
             (weight * half * scale).astype(weight.dtype),
             None if bias is None else (positive_part(bias) * scale, negative_part(bias) * scale),
             pair.zero_neg,
@@ -190,17 +190,17 @@ def _relu_output(tensor: gs.Tensor) -> gs.Tensor | None:
 
 @dataclass(frozen=True)
 class AffineBlock:
-    """A seeded affine layer (p, q, f) -> (p', q'): tensor names, the name of its map node
-    (reading `total` = p + q), W / 2, and (b+, b-) for the absorbed bias shares; the last two
-    times the scale of the emitted streams (2 where it emits (2p', 2q') for a rectifier)."""
+    """A seeded affine layer (p, q, f) -> (p', q'): its tensors and its map node (reading
+    `total` = p + q) as references, W / 2, and (b+, b-) for the absorbed bias shares; the last
+    two times the scale of the emitted streams (2 where it emits (2p', 2q') for a rectifier)."""
 
-    pos_in: str
-    neg_in: str
-    original: str | None  # the source tensor read (None: q = 0, the two-map form)
-    pos_out: str
-    neg_out: str
-    mass_node: str
-    total: str
+    pos_in: gs.Tensor
+    neg_in: gs.Tensor
+    original: gs.Tensor | None  # the source graph's tensor f (None: q = 0, two-map form)
+    pos_out: gs.Tensor
+    neg_out: gs.Tensor
+    mass_node: gs.Node
+    total: gs.Tensor
     half_weight: np.ndarray
     bias_parts: tuple[np.ndarray, np.ndarray] | None
     zero_neg: bool = False  # q = 0 by construction (total = p)
