@@ -76,10 +76,10 @@ def methods_option(default: tuple[str, ...] = (), check=_compiled_method, help: 
     default when the option is not given)."""
 
     def parse(ctx, param, value) -> tuple[str, ...]:
+        from onnxsplit.attribution.methods import method_list
+
         given = tuple(value or ())
-        names = tuple(
-            dict.fromkeys(n.strip() for chunk in given for n in chunk.split(",") if n.strip())
-        )
+        names = tuple(method_list(given))
         try:
             if given and not names:
                 raise OnnxSplitError(

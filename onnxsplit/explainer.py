@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxsplit.emit import metadata
-from onnxsplit.errors import OnnxSplitError
+from onnxsplit.contract import Interface, map_output
 from onnxsplit.load import load_model
 from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
@@ -20,6 +19,9 @@ class Explainer:
     >>> explainer = Explainer("model.onnx", ["splitcam", "gradcam"])
     >>> logits, maps = explainer(x)            # x in the model's own layout, [N, ...]
     >>> maps["splitcam"].shape                  # [N, H, W]
+
+    A model with a fixed batch is run in chunks of that batch; NaN/inf inputs and targets
+    outside -1..K-1 are refused (onnxsplit.contract.Interface.run).
     """
 
     def __init__(
@@ -28,19 +30,36 @@ class Explainer:
         methods: Sequence[str] = ("splitcam",),
         target_layer: str | None = None,
         device: str = "auto",
+        *,
+        input_name: str | None = None,
+        output_name: str | None = None,
     ):
+        from onnxsplit.attribution.methods import parse_methods
+
+        methods = parse_methods(methods)
         proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-        compiled = metadata(proto).get("onnxsplit.attribution.methods")
-        if compiled is None or not set(methods) <= set(__import__("json").loads(compiled)):
+        compiled = None
+        try:
+            compiled = Interface.of(proto)
+        except Exception:
+            pass  # not an attribution model: compiled below
+        if compiled is None or not set(methods) <= set(compiled.methods):
             from onnxsplit.attribution.attach import attach_methods
 
             proto = attach_methods(
-                proto, list(methods), target_layer, per_sample=per_sample_for(device)
+                proto,
+                methods,
+                target_layer,
+                input_name=input_name,
+                output_name=output_name,
+                per_sample=per_sample_for(device),
             )
+            compiled = Interface.of(proto)
         self.model = proto
         self.methods = list(methods)
+        self.interface = compiled
         self.session = make_session(proto.SerializeToString(), device)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name = compiled.input_name
 
     @property
     def provider(self) -> str:
@@ -49,20 +68,6 @@ class Explainer:
     def __call__(
         self, x: np.ndarray, target: int | Sequence[int] | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x = np.asarray(x, dtype=np.float32)
-        if target is None:
-            targets = np.full(len(x), -1, np.int64)
-        else:
-            targets = np.broadcast_to(np.asarray(target, np.int64), (len(x),)).copy()
-        names = ["logits"] + [f"map_{m}" for m in self.methods]
-        try:
-            outputs = self.session.run(names, {self.input_name: x, "target": targets})
-        except Exception as exc:  # shape/dtype mistakes surface here from onnxruntime
-            raise OnnxSplitError(
-                f"cannot explain an array of shape {list(x.shape)}: {exc}"
-            ) from None
-        logits = outputs[0]
-        classes = logits.shape[1]
-        if np.any((targets < -1) | (targets >= classes)):
-            raise OnnxSplitError(f"target out of range: the model has {classes} classes")
-        return logits, dict(zip(self.methods, outputs[1:], strict=True))
+        names = ["logits"] + [map_output(m) for m in self.methods]
+        outputs = self.interface.run(self.session, np.asarray(x), target, names)
+        return outputs[0], dict(zip(self.methods, outputs[1:], strict=True))

@@ -13,6 +13,7 @@ the same as torch's bilinear interpolation with align_corners=False). Maps are n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -892,6 +893,25 @@ METHODS: dict[str, type[AttributionMethod]] = {
         SplitGrad,
     )
 }
+
+
+def method_list(values: str | Sequence[str]) -> list[str]:
+    """Method names from a comma list or several (`"a,b"`, `["a,b", "c"]`), duplicates dropped
+    keeping the order: the one spelling of every command and of the Python API."""
+    chunks = [values] if isinstance(values, str) else list(values)
+    names = [n.strip() for chunk in chunks for n in str(chunk).split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def parse_methods(values: str | Sequence[str]) -> list[str]:
+    """`method_list`, each name checked against METHODS (one error naming the valid ones)."""
+    names = method_list(values)
+    if not names:
+        raise OnnxSplitError("no attribution method requested (see `onnxsplit methods`)")
+    for name in names:
+        if name not in METHODS:
+            raise OnnxSplitError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+    return names
 
 
 def make_method(method: str | AttributionMethod, target_layer: str | None = None):

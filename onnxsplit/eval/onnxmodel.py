@@ -35,6 +35,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from onnxsplit.contract import TARGET
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
@@ -291,11 +292,11 @@ class OnnxClassifier(torch.nn.Module):
             raise OnnxSplitError(f"the compiled '{compiled}' model has no output '{output}'")
         index = names.index(output)
         x = self.to_model_layout(x_nchw)
-        target_name = session.get_inputs()[1].name
+        data_name = next(i.name for i in session.get_inputs() if i.name != TARGET)
         maps = []
         for i in range(0, len(x), self.batch_size):
-            feeds = {self.info.input_name: x[i : i + self.batch_size]}
-            feeds[target_name] = targets[i : i + self.batch_size]
+            feeds = {data_name: x[i : i + self.batch_size]}
+            feeds[TARGET] = targets[i : i + self.batch_size]
             maps.append(session.run(None, feeds)[index])
         return np.concatenate(maps).astype(np.float32)
 

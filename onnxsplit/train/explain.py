@@ -31,9 +31,10 @@ from onnxsplit import __version__
 from onnxsplit.attribution.attach import raise_opset
 from onnxsplit.attribution.autodiff import differentiate
 from onnxsplit.canonicalize import canonicalize
+from onnxsplit.contract import LOGITS, TARGET, build_target_seed
 from onnxsplit.emit import metadata, to_model
 from onnxsplit.errors import OnnxSplitError
-from onnxsplit.split.emitter import Emitter
+from onnxsplit.split.emitter import Emitter, claim_names
 
 DC_KIND = "dc-trained"
 MAPS = {
@@ -93,17 +94,8 @@ def explain_trained(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     def i64(value) -> gs.Constant:
         return em.const(np.asarray(value, np.int64), "i", np.int64)
 
-    # target int64 [N] (-1 = argmax of the logits) -> one-hot rows [N, K]
-    em.scope = "target"
     batch = data.shape[0] if data.shape else None
-    target = gs.Variable("target", dtype=np.int64, shape=[batch])
-    argmax = em.one("ArgMax", [logits], {"axis": 1, "keepdims": 0})
-    chosen = em.one("Where", [em.one("Less", [target, i64(0)]), argmax, target])
-    classes = em.one("Gather", [em.one("Shape", [logits]), i64(1)], {"axis": 0})
-    rows = em.one("Range", [i64(0), classes, i64(1)])
-    equal = em.one("Equal", [em.one("Unsqueeze", [chosen, i64([1])]), rows])
-    onehot = em.one("Cast", [equal], {"to": onnx.helper.np_dtype_to_tensor_dtype(dtype)})
-    onehot.dtype = dtype
+    target, _, onehot = build_target_seed(em, logits, batch)
 
     rank = len(data.shape) if data.shape is not None else 2
     pooled = {branch: _pooled_features(graph, branch) for branch in ("g", "h")}
@@ -148,17 +140,21 @@ def explain_trained(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
         maps["map_selfcam"] = em.sub(maps["map_selfcam_g"], maps["map_selfcam_h"])
 
     map_shape = [batch, *data.shape[2:]] if rank >= 3 else list(data.shape or [batch, None])
-    outputs = [logits]
+    em.scope = "outputs"
     logits.dtype = dtype
+    public = [(em.one("Identity", [logits]), LOGITS)]
+    public[0][0].dtype, public[0][0].shape = dtype, logits.shape
     order = ["map_self_g", "map_self_h", "map_self", "map_selfcam_g", "map_selfcam_h"]
     for name in [*order, "map_selfcam"]:
         if name not in maps:
             continue
         out = em.one("Identity", [maps[name]])
-        out.name, out.dtype, out.shape = name, dtype, map_shape
-        outputs.append(out)
+        out.dtype, out.shape = dtype, map_shape
+        public.append((out, name))
+    outputs = [out for out, _ in public]
     graph.inputs = [data, target]
     graph.outputs = outputs
+    claim_names(graph, [(target, TARGET), *public], em.taken)
     graph.cleanup().toposort()
     meta_out = {
         "onnxsplit.version": __version__,
