@@ -225,3 +225,222 @@ def test_nan_input_is_an_error():
     x[1, 0, 0, 0] = np.nan
     with pytest.raises(OnnxSplitError, match="NaN or inf"):
         Interface.of(compiled).run(session, x)
+
+
+# -- heads, output kinds and input ranks -----------------------------------------------------
+nn = torch.nn
+
+
+def export_module(module, shape, opset=17, dynamic=True) -> onnx.ModelProto:
+    import io
+
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        module.eval(),
+        (torch.randn(*shape),),
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}} if dynamic else None,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def run_all(model, x, methods=None, target=None):
+    methods = list(methods or METHODS)
+    _, maps = compile_run(model, methods, x, target, None)
+    return maps
+
+
+def torch_gradcam(module, layer_index, x, classes, rectify=True):
+    """Grad-CAM of a torch Sequential at the output of module[layer_index], upsampled like
+    onnxsplit (linear, align_corners=False) to the input's spatial size."""
+    xt = torch.tensor(x)
+    activation = module[: layer_index + 1](xt)
+    activation.retain_grad()
+    logits = module[layer_index + 1 :](activation)
+    logits[torch.arange(len(x)), torch.as_tensor(classes)].sum().backward()
+    grad = activation.grad
+    axes = tuple(range(2, activation.dim()))
+    weights = grad.mean(dim=axes, keepdim=True)
+    cam = (weights * activation).sum(1, keepdim=True)
+    cam = torch.relu(cam) if rectify else cam
+    mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[activation.dim()]
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False)
+    return cam[:, 0].detach().numpy()
+
+
+@pytest.mark.parametrize("rank", [3, 4, 5])
+def test_cams_on_1d_2d_3d_inputs_equal_torch(rank):
+    torch.manual_seed(rank)
+    conv, pool = {3: (nn.Conv1d, nn.AdaptiveAvgPool1d), 4: (nn.Conv2d, nn.AdaptiveAvgPool2d)}.get(
+        rank, (nn.Conv3d, nn.AdaptiveAvgPool3d)
+    )
+    module = nn.Sequential(
+        conv(2, 4, 3, padding=1),
+        nn.ReLU(),
+        conv(4, 5, 3),
+        nn.ReLU(),
+        pool(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    )
+    shape = (3, 2, *([7] * (rank - 2)))
+    x = np.random.default_rng(rank).standard_normal(shape).astype(np.float32)
+    maps = run_all(export_module(module, shape), x)
+    for name, value in maps.items():
+        assert value.shape == ((3, 3) if name == LOGITS else shape[:1] + shape[2:]), name
+        assert np.all(np.isfinite(value)), name
+    with torch.no_grad():
+        classes = module(torch.tensor(x)).argmax(1).numpy()
+    expected = torch_gradcam(module, 3, x, classes)
+    np.testing.assert_allclose(maps["map_gradcam"], expected, rtol=1e-4, atol=1e-5)
+    # at a GAP + dense head SplitCAM's P - N is Grad-CAM before its ReLU (docs/methods.md)
+    expected = torch_gradcam(module, 3, x, classes, rectify=False)
+    np.testing.assert_allclose(maps["map_splitcam"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sigmoid_binary_head_explains_the_logit():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    maps = run_all(export_module(module, x.shape), x, ["gradient", "splitlrp", "lrp_epsilon"])
+    with torch.no_grad():
+        logit = module[:3](torch.tensor(x)).numpy()
+    np.testing.assert_allclose(maps[LOGITS], logit, rtol=1e-5, atol=1e-6)  # before the Sigmoid
+    xt = torch.tensor(x, requires_grad=True)
+    module[:3](xt).sum().backward()
+    np.testing.assert_allclose(maps["map_gradient"], xt.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert maps["map_splitlrp"].shape == (4, 5)
+
+
+@pytest.mark.parametrize("kind", ["nk11", "segmentation"])
+def test_heads_nk11_and_segmentation(kind):
+    torch.manual_seed(1)
+    layers = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 1)]
+    if kind == "nk11":  # SqueezeNet's head: [N, K, 1, 1]
+        layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(1)]
+    module = nn.Sequential(*layers)
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    model = export_module(module, x.shape)
+    maps = run_all(model, x)
+    with torch.no_grad():
+        scores = module(torch.tensor(x)).sum((2, 3)).numpy()  # nk11: the [N, K] values
+    np.testing.assert_allclose(maps[LOGITS], scores, rtol=1e-5, atol=1e-5)
+    xt = torch.tensor(x, requires_grad=True)
+    out = module(xt).sum((2, 3))
+    out[torch.arange(2), torch.as_tensor(scores.argmax(1))].sum().backward()
+    np.testing.assert_allclose(maps["map_gradient"], xt.grad.sum(1).numpy(), rtol=1e-4, atol=1e-6)
+    compiled = attach_methods(model, ["gradient"])
+    assert "head" in "".join(p.key for p in compiled.metadata_props)
+
+
+def qdq_model() -> onnx.ModelProto:
+    """The digits CNN with its first activation fake-quantized (QuantizeLinear ->
+    DequantizeLinear), as onnxruntime's static quantization emits."""
+    from onnx import helper, numpy_helper
+
+    model = digits("digits_cnn_op17_legacy.onnx")
+    graph = model.graph
+    relu = next(n for n in graph.node if n.op_type == "Relu")
+    src = relu.output[0]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(0.05, np.float32), "q_scale"),
+            numpy_helper.from_array(np.array(0, np.uint8), "q_zero"),
+        ]
+    )
+    for node in graph.node:
+        node.input[:] = ["q_deq" if t == src else t for t in node.input]
+    index = list(graph.node).index(relu) + 1
+    graph.node.insert(
+        index, helper.make_node("DequantizeLinear", ["q_int", "q_scale", "q_zero"], ["q_deq"])
+    )
+    graph.node.insert(
+        index, helper.make_node("QuantizeLinear", [src, "q_scale", "q_zero"], ["q_int"])
+    )
+    return model
+
+
+@pytest.mark.parametrize("methods", [["gradient"], ["splitcam"], ["lrp_zplus", "splitlrp"]])
+def test_quantized_activations_are_refused_by_every_method_alike(methods):
+    with pytest.raises(OnnxSplitError, match="quantized"):
+        attach_methods(qdq_model(), methods)
+
+
+def test_quantized_activations_are_refused_by_convert():
+    from onnxsplit.convert import convert_model
+
+    with pytest.raises(OnnxSplitError, match="quantized"):
+        convert_model(qdq_model())
+
+
+def fp16_model() -> onnx.ModelProto:
+    from onnx import TensorProto, numpy_helper
+
+    model = digits()
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        if value.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(value.astype(np.float16), init.name))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del model.graph.value_info[:]
+    return model
+
+
+def test_float16_models_run_in_float16_or_are_refused_cleanly():
+    model = fp16_model()
+    x = digits_inputs().astype(np.float16)
+    _, maps = compile_run(model, ["gradient", "gradcam", "splitcam"], x, None, None)
+    _, reference = compile_run(digits(), ["gradient", "gradcam", "splitcam"], x, None, None)
+    for name in maps:
+        assert maps[name].dtype == np.float16 and np.all(np.isfinite(maps[name])), name
+        scale = float(np.abs(reference[name]).max())
+        assert float(np.abs(maps[name] - reference[name]).max()) <= 2e-2 * scale, name
+    for method in ("splitlrp", "splitgrad"):
+        with pytest.raises(OnnxSplitError, match="float32"):
+            attach_methods(model, [method])
+
+
+def test_static_batch_zero_is_refused():
+    model = digits()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+    with pytest.raises(OnnxSplitError, match="batch 0"):
+        attach_methods(model, ["gradient"])
+
+
+def test_a_second_input_the_model_computes_with_is_refused_by_every_method():
+    from onnx import TensorProto, helper
+
+    model = digits("digits_mlp_op17_legacy.onnx")
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, [1, 10]))
+    out = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["pre" if t == out else t for t in node.output]
+    graph.node.append(helper.make_node("Add", ["pre", "bias"], [out]))
+    for methods in (["gradient"], ["splitlrp"]):
+        with pytest.raises(OnnxSplitError, match="other inputs"):
+            attach_methods(model, methods, input_name="input")
+
+
+def test_unknown_target_layer_is_an_error_for_every_method():
+    for method in ("gradient", "gradcam", "splitlrp"):
+        with pytest.raises(OnnxSplitError, match="no tensor"):
+            attach_methods(digits(), [method], "no_such_layer")
+
+
+def test_fixed_batch_compiles_and_runs_every_method_over_any_number_of_samples():
+    model = digits()
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 3
+    x = digits_inputs(7)
+    _, fixed = compile_run(model, list(METHODS), x, None, None)
+    _, dynamic = compile_run(digits(), list(METHODS), x, None, None)
+    for name in fixed:
+        np.testing.assert_allclose(fixed[name], dynamic[name], rtol=1e-5, atol=1e-6)

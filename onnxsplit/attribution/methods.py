@@ -37,9 +37,14 @@ from onnxsplit.stabilize import non_negative_source
 RECTIFIERS = ("Relu", "Clip", "LeakyRelu", "PRelu")
 
 
+# channels first / last, by the input's rank
+CHANNEL_LAYOUTS = {3: ("NCL", "NLC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Where the channels of the data input are: 'NCHW' (axis 1), 'NHWC' (last) or 'flat'."""
+    """Where the channels of the data input are: channels first ('NCL', 'NCHW', 'NCDHW': axis
+    1), channels last ('NLC', 'NHWC', 'NDHWC') or 'flat' (no spatial axes: [N, F])."""
 
     name: str
     channel_axis: int | None
@@ -53,8 +58,9 @@ def detect_layout(graph: gs.Graph, data: gs.Tensor) -> Layout:
     if shape is None or len(shape) < 3:
         return Layout("flat", None, ())
     rank = len(shape)
-    nchw = Layout("NCHW", 1, tuple(range(2, rank)))
-    nhwc = Layout("NHWC", rank - 1, tuple(range(1, rank - 1)))
+    first, last = CHANNEL_LAYOUTS.get(rank, (f"NC+{rank - 2}d", f"N+{rank - 2}dC"))
+    nchw = Layout(first, 1, tuple(range(2, rank)))
+    nhwc = Layout(last, rank - 1, tuple(range(1, rank - 1)))
     frontier, seen = [data], set()
     while frontier:
         tensor = frontier.pop(0)
@@ -75,7 +81,14 @@ def detect_layout(graph: gs.Graph, data: gs.Tensor) -> Layout:
 
 
 def default_target_layer(graph: gs.Graph, data: gs.Tensor, logits: gs.Tensor) -> str:
-    """The last rank-4 rectifier output between the input and the logits."""
+    """The last rectifier output between the input and the logits whose rank is the input's
+    (>= 3: [N, C, L], [N, C, H, W], [N, C, D, H, W]; an NHWC image's layers are NCHW inside)."""
+    rank = len(data.shape) if data.shape is not None else 4
+    if rank < 3:
+        raise OnnxSplitError(
+            "class activation maps need an input with spatial axes ([N, C, L], [N, C, H, W], "
+            f"[N, C, D, H, W]); input '{data.name}' has shape {data.shape}"
+        )
     graph.toposort()
     below = _descendants(data)
     above = _ancestors(logits)
@@ -84,10 +97,13 @@ def default_target_layer(graph: gs.Graph, data: gs.Tensor, logits: gs.Tensor) ->
         if node.op not in RECTIFIERS:
             continue
         out = node.outputs[0]
-        if out.shape is not None and len(out.shape) == 4 and out.name in below & above:
+        if out.shape is not None and len(out.shape) == rank and out.name in below & above:
             last = out.name
     if last is None:
-        raise OnnxSplitError("the model has no rank-4 rectifier output; pass target_layer=NAME")
+        raise OnnxSplitError(
+            f"the model has no rank-{rank} rectifier output for a class activation map; "
+            "pass --target-layer NAME (`onnxsplit inspect MODEL` lists candidates)"
+        )
     return last
 
 
@@ -382,8 +398,12 @@ class CAMMethod(AttributionMethod):
     def build(self, ctx):
         name = self.layer(ctx)
         activation = ctx.tensor(name)
-        if activation.shape is not None and len(activation.shape) != 4:
-            raise OnnxSplitError(f"target layer '{name}' must be rank 4 [N, C, h, w]")
+        rank = len(ctx.data.shape) if ctx.data.shape is not None else 4
+        if activation.shape is not None and (len(activation.shape) != rank or rank < 3):
+            raise OnnxSplitError(
+                f"target layer '{name}' has shape {activation.shape}; a CAM layer has the "
+                f"input's rank {rank} ([N, C, *spatial])"
+            )
         ctx.em.scope = self.name
         cam = self.cam(ctx, activation, ctx.gradient(name))
         return {f"map_{self.name}": ctx.upsample(cam)}
@@ -400,10 +420,11 @@ class GradCAM(CAMMethod):
 
     def cam(self, ctx, activation, grad):
         em = ctx.em
+        axes = list(range(2, len(activation.shape or [0, 0, 0, 0])))
         if ctx.opset >= 18:
-            weights = em.one("ReduceMean", [grad, ctx._i64([2, 3])], {"keepdims": 1})
+            weights = em.one("ReduceMean", [grad, ctx._i64(axes)], {"keepdims": 1})
         else:
-            weights = em.one("ReduceMean", [grad], {"axes": [2, 3], "keepdims": 1})
+            weights = em.one("ReduceMean", [grad], {"axes": axes, "keepdims": 1})
         return em.relu(_sum_channels(ctx, em.mul(weights, activation)))
 
 
