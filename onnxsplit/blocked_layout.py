@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxsplit.ops import clip_floor
+
 
 def channels_of(tensor: gs.Tensor) -> int | None:
     """C of a rank-4 [N, C, H, W] tensor made by a 2-D Conv with a constant weight (or by a
@@ -63,8 +65,6 @@ def fuse_clips(graph: gs.Graph) -> int:
     clip(x); x may then have the Relu as its sole reader, which fuses), and a Clip whose
     input has other readers gets its own identity depthwise Conv to fuse with.
     Returns the number of Clips given an identity Conv."""
-    from onnxsplit.stabilize import clip_floor  # stabilize builds on this module
-
     rewritten = 0
     for node in list(graph.nodes):
         if node.op != "Clip":

@@ -18,33 +18,9 @@ from onnx import inliner, version_converter
 
 from onnxsplit import skeleton
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.ops import QUANTIZED, TRAILING_NORMALIZERS
 
 MIN_OPSET = 13
-TRAILING_NORMALIZERS = ("Softmax", "LogSoftmax", "Sigmoid")  # removed: the logits are explained
-# int8 quantization on the activation path: a step function, whose DC split and gradient are
-# meaningless (zero almost everywhere); refused by every command alike. Weight-only
-# quantization (DequantizeLinear of initializers) folds into float weights and is accepted.
-QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "QLinearAdd",
-        "QLinearMul",
-        "QLinearGlobalAveragePool",
-        "QLinearAveragePool",
-        "QLinearConcat",
-        "QLinearSigmoid",
-        "QLinearLeakyRelu",
-        "QGemm",
-        "ConvInteger",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-    }
-)
 
 
 @dataclass
@@ -121,7 +97,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
 
 def _refuse_quantized(graph: gs.Graph) -> None:
     """One error naming the quantization nodes left after constant folding."""
-    nodes = [n for n in graph.nodes if n.op in QUANTIZED_OPS]
+    nodes = [n for n in graph.nodes if n.op in QUANTIZED]
     if nodes:
         listed = ", ".join(f"'{n.name or '<unnamed>'}' ({n.op})" for n in nodes[:6])
         more = f" and {len(nodes) - 6} more" if len(nodes) > 6 else ""

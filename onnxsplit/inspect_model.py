@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxsplit.attribution.methods import detect_layout
 from onnxsplit.canonicalize import canonicalize
+from onnxsplit.ops import RECTIFIERS
 from onnxsplit.split.driver import choose_input, find_problems
-from onnxsplit.split.registry import RULES, Kind
+from onnxsplit.split.registry import RULES
 
 
 @dataclass
@@ -48,30 +50,21 @@ class Inspection:
         return "\n".join(lines)
 
 
-def guess_layout(shape: list) -> str:
-    if len(shape) != 4:
-        return f"rank {len(shape)}"
-    if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
-        return "NCHW"
-    if shape[3] in (1, 3, 4):
-        return "NHWC"
-    return "NCHW?"
-
-
 def _dims(value) -> list:
     return [d if isinstance(d, int) else str(d) for d in (value.shape or [])]
 
 
 def spatial_layers(canonical) -> list[tuple[str, str, list]]:
-    """Outputs of rectifiers with rank-4 shape, in graph order."""
+    """Rectifier outputs of the input's rank (the CAM candidates the compiler picks from,
+    attribution.methods.default_target_layer), in graph order."""
+    inputs = canonical.graph.inputs
+    rank = len(inputs[0].shape) if inputs and inputs[0].shape is not None else 4
     layers = []
     for node in canonical.graph.nodes:
-        rule = RULES.get(node.op)
-        if rule is None or rule.kind != Kind.RECTIFIER:
-            continue
-        out = node.outputs[0]
-        if out.shape is not None and len(out.shape) == 4 and node.op not in ("GlobalMaxPool",):
-            layers.append((out.name, node.op, _dims(out)))
+        out = node.outputs[0] if node.outputs else None
+        if node.op in RECTIFIERS and out is not None and out.shape is not None:
+            if len(out.shape) == rank >= 3:
+                layers.append((out.name, node.op, _dims(out)))
     return layers
 
 
@@ -84,7 +77,7 @@ def inspect(model: onnx.ModelProto) -> Inspection:
         opset=canonical.opset,
         inputs=inputs,
         outputs=canonical.original_outputs,
-        layout=guess_layout(inputs[0][1]) if inputs else "-",
+        layout=detect_layout(graph, graph.inputs[0]).name if inputs else "-",
         op_counts=Counter(n.op for n in graph.nodes),
         problems=problems,
         target_layers=spatial_layers(canonical)[-5:],

@@ -17,10 +17,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.ops import WEIGHTED_ALL
 
 SCAN_PREFIX = "per_sample/"
 MIN_SAMPLE_BYTES = 1 << 20  # the largest activation of one sample, below which Scan costs more
-MAP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def scan_over_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -110,7 +110,7 @@ def largest_sample_bytes(model: onnx.ModelProto) -> int:
 
 
 def _maps(model: onnx.ModelProto) -> int:
-    return sum(n.op_type in MAP_OPS for n in model.graph.node)
+    return sum(n.op_type in WEIGHTED_ALL for n in model.graph.node)
 
 
 def worth_scanning(compiled: onnx.ModelProto, source: onnx.ModelProto) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from onnxsplit.blocked_layout import static_channels
+from onnxsplit.ops import clip_floor
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind
 from onnxsplit.split.values import Pair
@@ -65,18 +66,6 @@ def rectifies_at_zero(node: gs.Node) -> bool:
     """A Relu, or a Clip whose lower bound is 0: on a split pair (p, q) its positive output
     stream is max(p, q) (ReLU6's cap only adds to the negative stream)."""
     return node.op == "Relu" or (node.op == "Clip" and clip_floor(node) == 0.0)
-
-
-def clip_floor(node: gs.Node) -> float | None:
-    """The constant scalar lower bound of a source graph's Clip (None: unbounded or not a
-    constant scalar)."""
-    if len(node.inputs) > 1 and node.inputs[1].name:
-        low = node.inputs[1]
-        if not isinstance(low, gs.Constant) or low.values.size != 1:
-            return None
-        return float(low.values.reshape(-1)[0])
-    value = node.attrs.get("min")
-    return None if value is None else float(value)
 
 
 STABILIZERS = {

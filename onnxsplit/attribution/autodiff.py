@@ -1190,3 +1190,6 @@ def _split(bw, node, douts, needs):
     ]
     grad = parts[0] if len(parts) == 1 else bw.em.one("Concat", parts, {"axis": axis})
     return [grad] + [None] * (len(node.inputs) - 1)
+
+
+from onnxsplit.attribution import adjoints_resample  # noqa: E402,F401

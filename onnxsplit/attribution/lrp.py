@@ -21,12 +21,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxsplit.attribution.autodiff import Backward, Grad, constant_value
+from onnxsplit.ops import LINEAR_POOLS as POOL_OPS
+from onnxsplit.ops import MERGES as MERGE_OPS
+from onnxsplit.ops import RECTIFIERS as RECTIFIER_OPS
+from onnxsplit.ops import SCALES as SCALE_OPS
+from onnxsplit.ops import WEIGHTED as WEIGHT_OPS
 
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-POOL_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum")
-MERGE_OPS = ("Add", "Sum", "Sub")
-SCALE_OPS = ("Mul", "Div", "Neg", "BatchNormalization")
-RECTIFIER_OPS = ("Relu", "Clip", "LeakyRelu", "PRelu")
 NORM_EPS = 1e-6
 
 

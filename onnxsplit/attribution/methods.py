@@ -31,11 +31,9 @@ from onnxsplit.blocked_layout import channel_scale, static_channels
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.contract import build_target_seed
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.ops import CHANNELS_FIRST, RECTIFIERS
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.stabilize import non_negative_source
-
-RECTIFIERS = ("Relu", "Clip", "LeakyRelu", "PRelu")
-
 
 # channels first / last, by the input's rank
 CHANNEL_LAYOUTS = {3: ("NCL", "NLC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
@@ -71,7 +69,7 @@ def detect_layout(graph: gs.Graph, data: gs.Tensor) -> Layout:
             if node.op == "Transpose":
                 perm = list(node.attrs.get("perm", []))
                 return nhwc if len(perm) == rank and perm[1] == rank - 1 else nchw
-            if node.op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
+            if node.op in CHANNELS_FIRST:
                 return nchw
             frontier.extend(node.outputs)
     channels = {1, 3, 4}

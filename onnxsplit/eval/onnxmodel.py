@@ -37,9 +37,9 @@ from onnx import numpy_helper
 
 from onnxsplit.contract import TARGET
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.ops import WEIGHTED_ALL
 from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PASS_THROUGH = ("Transpose", "Identity", "Pad", "Flatten", "Reshape")
 
 
@@ -311,7 +311,7 @@ class OnnxClassifier(torch.nn.Module):
         init = {t.name for t in self.proto.graph.initializer}
         layers = []
         for i, node in enumerate(self.proto.graph.node):
-            if node.op_type in WEIGHTED_OPS:
+            if node.op_type in WEIGHTED_ALL:
                 params = [name for name in node.input[1:] if name in init]
                 if params:
                     layers.append((node.name or f"{node.op_type}_{i}", params))
@@ -381,7 +381,7 @@ class OnnxClassifier(torch.nn.Module):
             if len(users) != 1:
                 raise OnnxSplitError("input shift: the data input feeds several nodes")
             node = users[0]
-            if node.op_type in WEIGHTED_OPS:
+            if node.op_type in WEIGHTED_ALL:
                 break
             if node.op_type not in PASS_THROUGH:
                 raise OnnxSplitError(f"input shift: '{node.op_type}' before the first layer")

@@ -10,41 +10,11 @@ import onnx_graphsurgeon as gs
 
 from onnxsplit.canonicalize import Canonical
 from onnxsplit.errors import OnnxSplitError, UnsupportedModelError
+from onnxsplit.ops import NOT_PIECEWISE_LINEAR
 from onnxsplit.split.emitter import Emitter, all_tensors, claim_names, names_in
 from onnxsplit.split.registry import RULES, supported_ops
 from onnxsplit.split.values import SPLIT, Abstract, Const, Pair, Plain, SplitMarker, Value
 from onnxsplit.stabilize import Stabilizer, rectifies_at_zero
-
-NOT_PIECEWISE_LINEAR = {
-    "Sigmoid",
-    "Tanh",
-    "Gelu",
-    "Erf",
-    "Softmax",
-    "LogSoftmax",
-    "HardSigmoid",
-    "HardSwish",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Softplus",
-    "Softsign",
-    "Mish",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Pow",
-    "LRN",
-    "LpNormalization",
-    "InstanceNormalization",
-    "LayerNormalization",
-    "GroupNormalization",
-    "Reciprocal",
-    "Sin",
-    "Cos",
-    "ThresholdedRelu",
-    "Einsum",
-}
 
 X_POS, X_NEG = "x_pos", "x_neg"
 

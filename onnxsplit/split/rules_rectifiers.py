@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxsplit.ops import clip_operands
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind, const_inputs, is_split, rule
 from onnxsplit.split.values import Abstract, Const, Pair, Value
@@ -28,13 +29,13 @@ def relu(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
 def clip_bounds(node: gs.Node, inputs: list[Value | Abstract]) -> tuple[float | None, float | None]:
     """(lo, hi) of a Clip, None where unbounded (inputs since opset 11, attributes before)."""
     bounds = []
-    for index, attr in ((1, "min"), (2, "max")):
-        if index < len(inputs) and isinstance(inputs[index], Const):
-            bounds.append(float(np.asarray(inputs[index].value).reshape(-1)[0]))
-        elif attr in node.attrs:
-            bounds.append(float(node.attrs[attr]))
-        else:
-            bounds.append(None)
+    for index, operand in enumerate(clip_operands(node), start=1):
+        if isinstance(operand, gs.Tensor):  # its abstract value (a folded constant or not)
+            value = inputs[index] if index < len(inputs) else None
+            operand = (
+                float(np.asarray(value.value).reshape(-1)[0]) if isinstance(value, Const) else None
+            )
+        bounds.append(operand)
     lo, hi = bounds
     lo = None if lo is not None and np.isneginf(lo) else lo
     hi = None if hi is not None and np.isposinf(hi) else hi

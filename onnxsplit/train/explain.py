@@ -34,6 +34,7 @@ from onnxsplit.canonicalize import canonicalize
 from onnxsplit.contract import LOGITS, TARGET, build_target_seed
 from onnxsplit.emit import metadata, to_model
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.ops import GLOBAL_POOLS
 from onnxsplit.split.emitter import Emitter, claim_names
 
 DC_KIND = "dc-trained"
@@ -172,9 +173,6 @@ def explain_trained(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     return to_model(graph, canonical.opset, meta_out)
 
 
-POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
-
-
 def _ancestor_nodes(tensor: gs.Tensor) -> list[gs.Node]:
     seen: set[int] = set()
     nodes: list[gs.Node] = []
@@ -194,7 +192,9 @@ def _pooled_features(graph: gs.Graph, branch: str) -> gs.Tensor | None:
     other = "h" if branch == "g" else "g"
     tensors = graph.tensors()
     shared = {id(n) for n in _ancestor_nodes(tensors[other])}
-    pools = [n for n in _ancestor_nodes(tensors[branch]) if n.op in POOLS and id(n) not in shared]
+    pools = [
+        n for n in _ancestor_nodes(tensors[branch]) if n.op in GLOBAL_POOLS and id(n) not in shared
+    ]
     if len(pools) != 1:
         return None
     features = pools[0].inputs[0]
