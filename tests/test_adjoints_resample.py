@@ -24,9 +24,9 @@ from torch import nn
 
 from onnxsplit.attribution import attach_methods, differentiate, supported_backward_ops
 from onnxsplit.attribution.autodiff import UnsupportedBackwardError
+from onnxsplit.attribution.methods import SplitLRP
 from onnxsplit.convert import convert_model, relative_error
 from onnxsplit.emit import to_model
-from onnxsplit.errors import OnnxSplitError
 from onnxsplit.runtime import make_session
 from onnxsplit.split import supported_ops
 
@@ -377,29 +377,10 @@ class Decoder(nn.Module):
         return self.body(x)
 
 
-# merge_split_graph (onnxsplit.attribution.splitgraph) gives the empty name of an absent
-# optional input (Resize's roi) its 'split/' prefix: the split methods then fail onnx's checker
-# on any model with a Resize; skipping empty names there fixes it (then this marker goes)
-SPLIT_MERGE_NAMES = pytest.mark.xfail(
-    raises=OnnxSplitError,
-    strict=False,
-    reason="merge_split_graph prefixes the empty names of absent optional inputs",
-)
-
-
-@pytest.mark.parametrize(
-    "methods",
-    [
-        ["gradient", "gradcam", "lrp_epsilon_plus"],
-        pytest.param(
-            ["gradient", "gradcam", "splitlrp", "lrp_epsilon_plus"], marks=SPLIT_MERGE_NAMES
-        ),
-    ],
-    ids=["plain", "with_splitlrp"],
-)
-def test_all_method_kinds_compile_and_run_on_resampling_layers(methods):
+def test_all_method_kinds_compile_and_run_on_resampling_layers():
     module = Decoder().eval()
     model = export(module, (2, 3, 6, 6))
+    methods = ["gradient", "gradcam", "splitlrp", "lrp_epsilon_plus"]
     explained = attach_methods(model, methods)
     x = RNG.standard_normal((3, 3, 6, 6)).astype(np.float32)
     outputs = {o.name: o for o in explained.graph.output}
@@ -414,6 +395,23 @@ def test_all_method_kinds_compile_and_run_on_resampling_layers(methods):
         assert np.any(value != 0), name
     expected = torch_gradient(module, x, reference.argmax(1))
     assert relative_error(values[1], expected) <= 1e-4
+
+
+def test_splitlrp_conserves_through_resampling_layers():
+    """SplitLRP's seeded ConvTranspose blocks and the Resize / DepthToSpace adjoints in its
+    ratio form: relevance of g plus the absorbed bias shares is g's logit."""
+    model = export(Decoder().eval(), (2, 3, 6, 6))
+    explained = attach_methods(model, [SplitLRP(lam=1.0, diagnostics=True)])
+    x = RNG.standard_normal((3, 3, 6, 6)).astype(np.float32)
+    names = [o.name for o in explained.graph.output]
+    values = _run(explained, {"input": x, "target": np.full(3, 1, np.int64)})
+    out = dict(zip(names, values, strict=True))
+    g = out["splitlrp_logit_g"]
+    relevance = out["map_splitlrp_g"]
+    assert relevance.min() >= 0
+    conserved = relevance.reshape(3, -1).sum(1) + out["splitlrp_absorbed_g"]
+    assert relative_error(conserved, g) <= 1e-5
+    assert relative_error(g - out["splitlrp_logit_h"], out["logits"][:, 1]) <= 1e-5
 
 
 @pytest.mark.parametrize("mode, fast", [("normalized", True), ("normalized", False), ("raw", True)])
