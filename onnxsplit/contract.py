@@ -215,14 +215,3 @@ def _dims(info: onnx.ValueInfoProto) -> list:
 
 def _show(dims) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"
-
-
-def probe_shape(dims: Sequence, batch: int = 2) -> tuple[int, ...]:
-    """A probe input's shape: the declared batch where fixed (else `batch`), symbolic other
-    dimensions as 8."""
-    if not dims:
-        raise OnnxSplitError("the data input has no shape")
-    lead = dims[0] if isinstance(dims[0], int) else batch
-    if lead == 0:
-        raise OnnxSplitError("the data input declares batch 0; export it with a batch >= 1")
-    return (lead, *(d if isinstance(d, int) and d > 0 else 8 for d in dims[1:]))
