@@ -29,6 +29,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxsplit.errors import OnnxSplitError
+from onnxsplit.ops import clip_operands
 from onnxsplit.split.emitter import Emitter
 
 Grad = gs.Variable | None
@@ -612,15 +613,8 @@ def _relu(bw, node, douts, needs):
 
 
 def _clip_bounds(bw: Backward, node: gs.Node) -> tuple[gs.Tensor | None, gs.Tensor | None]:
-    bounds: list[gs.Tensor | None] = []
-    for index, attr in ((1, "min"), (2, "max")):
-        if index < len(node.inputs) and node.inputs[index].name:
-            bounds.append(node.inputs[index])
-        elif attr in node.attrs:
-            bounds.append(bw.scalar(float(node.attrs[attr])))
-        else:
-            bounds.append(None)
-    return bounds[0], bounds[1]
+    lo, hi = clip_operands(node)
+    return tuple(bw.scalar(b) if isinstance(b, float) else b for b in (lo, hi))
 
 
 @adjoint("Clip", summary="Where(lo < x < hi, dy, 0) (the torch convention at the bounds)")
