@@ -12,12 +12,12 @@ import onnx_graphsurgeon as gs
 
 # piecewise-linear activations whose output is a CAM candidate ("the last rectifier")
 RECTIFIERS = ("Relu", "Clip", "LeakyRelu", "PRelu")
-# affine maps with a constant weight operand (LRP's weight rules, the split's affine kind)
-WEIGHTED = ("Conv", "Gemm", "MatMul")
-# every op that maps with a weight tensor (per-sample cost model, MPRT randomisation)
-WEIGHTED_ALL = (*WEIGHTED, "ConvTranspose")
-# non-negative linear pools: relevance is shared in proportion
-LINEAR_POOLS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum")
+# affine maps with a constant weight operand (LRP's weight rules, the per-sample cost model,
+# MPRT randomisation)
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHTED_ALL = WEIGHTED
+# non-negative linear maps without weights (pools, interpolation): LRP shares in proportion
+LINEAR_POOLS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Resize", "Upsample")
 # global poolings over the spatial axes (a DC model's CAM features sit before one)
 GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 # sums of activations

@@ -29,7 +29,6 @@ from onnx.reference import ReferenceEvaluator
 
 from onnxsplit.attribution import attach_methods, differentiate
 from onnxsplit.attribution.attach import raise_opset
-from onnxsplit.attribution.autodiff import UnsupportedBackwardError
 from onnxsplit.attribution.methods import LRP, CAMMethod, SplitCAM
 from onnxsplit.canonicalize import canonicalize
 from onnxsplit.emit import to_model
@@ -327,7 +326,6 @@ LRP_TABLES = {
 
 # ------------------------------------------------------------------ adjoint rules (ops)
 OP_CASES = cases()
-NO_ADJOINT = {"pad_reflect_resize_linear", "pad_resize_transpose"}  # Resize has no rule yet
 
 
 def _compiled_gradient(model: onnx.ModelProto, weights: np.ndarray) -> onnx.ModelProto:
@@ -344,7 +342,7 @@ def _compiled_gradient(model: onnx.ModelProto, weights: np.ndarray) -> onnx.Mode
     return to_model(graph, canonical.opset, {})
 
 
-@pytest.mark.parametrize("name", sorted(set(OP_CASES) - NO_ADJOINT))
+@pytest.mark.parametrize("name", sorted(OP_CASES))
 def test_adjoint_rule_matches_finite_differences(name):
     model = OP_CASES[name]
     rng = np.random.default_rng(3)
@@ -358,10 +356,8 @@ def test_adjoint_rule_matches_finite_differences(name):
     assert _rel(grad, reference) < 1e-4
 
 
-@pytest.mark.parametrize("name", sorted(NO_ADJOINT))
-def test_missing_adjoint_is_one_clear_error(name):
-    with pytest.raises(UnsupportedBackwardError, match="Resize"):
-        _compiled_gradient(OP_CASES[name], np.ones((2, 4, 1, 1), np.float32))
+# Every op with a split rule has an adjoint now (Resize/ConvTranspose/Gather/Tile/DepthToSpace:
+# tests/test_adjoints_resample.py, which also checks the refusals: cubic Resize, antialias, ...)
 
 
 # ------------------------------------------------------------------ gradient: samples

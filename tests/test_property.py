@@ -11,8 +11,8 @@ opsets 11-20, dynamo exporter at opsets 18-21) with a dynamic batch axis, and ch
 - the compiled gradient: `attach_methods(model, ["gradient"])` outputs `map_gradient`, the
   input gradient of the chosen logit summed over the channel axis (methods.Gradient +
   AttributionContext.channel_sum); it equals torch autograd of the same torch module (float64).
-  By design nn.Upsample (Resize) and reflect/replicate Pad have no adjoint: there it must be
-  one clear UnsupportedBackwardError naming exactly those nodes.
+  Every drawn op has an adjoint (Resize since the adjoint-rules round; reflect/edge Pad
+  before); a refusal would have to be one clear UnsupportedBackwardError naming the nodes.
 
 Default run: a bounded number of examples (see PROFILES). Long run (documented in
 docs/inputs.md):
