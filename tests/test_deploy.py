@@ -23,6 +23,7 @@ import onnx
 import pytest
 from PIL import Image
 
+from onnxsplit.attribution import attach_methods
 from onnxsplit.deploy import export_bundle, read_bundle
 from onnxsplit.deploy.web import preprocess_spec
 from onnxsplit.errors import OnnxSplitError
@@ -36,6 +37,7 @@ EXAMPLES = REPO / "examples"
 NODE_DIR = EXAMPLES / "node"
 ARTIFACTS = Path(os.environ.get("ONNXSPLIT_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
 DIGITS = REPO / "onnxsplit" / "data" / "digits_cnn.onnx"
+SAMPLES = REPO / "sample_models"
 NPM_HINT = "run `npm ci --prefix examples/node --ignore-scripts` (Node >= 18)"
 TOL = 1e-4  # max |node - python| <= TOL * max |python|, per output
 CATS = range(281, 286)
@@ -338,3 +340,23 @@ def test_browser_demo_matches_python(lite0_bundle, reference, chelsea, tmp_path)
     got = np.asarray(clicked["maps"]["map_splitcam"], np.float32).reshape(want.shape)
     assert _max_rel(got, want) <= TOL
     assert _max_rel(want, reference["map_splitcam"]) > 100 * TOL  # another class, another map
+
+
+def test_node_combined_bundle_equals_each_method_alone(tmp_path) -> None:
+    """The attribution contract in Node: a bundle with splitlrp + gradcam gives, in
+    onnxruntime-node, the maps each method gives compiled alone in Python (the combination once
+    doubled the second map)."""
+    _need_node()
+    resnet = SAMPLES / "digits_resnet_op17_legacy.onnx"
+    bundle = export_bundle(resnet, tmp_path / "both", methods=["splitlrp", "gradcam"],
+                           preset="digits", maps_only=True)  # fmt: skip
+    x = np.load(SAMPLES / "digits_test_inputs.npy")[:1].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    _node("explain.mjs", "--bundle", str(bundle), "--input", str(tmp_path / "x.npy"),
+          "--out", str(tmp_path / "out"))  # fmt: skip
+    for method in ("splitlrp", "gradcam"):
+        alone = attach_methods(onnx.load(str(resnet)), [method], components=False)
+        session = make_session(alone.SerializeToString(), "cpu")
+        want = session.run([f"map_{method}"], {"input": x, "target": np.array([-1], np.int64)})
+        got = np.load(tmp_path / "out" / f"map_{method}.npy")
+        assert _max_rel(got, want[0]) <= TOL, method
