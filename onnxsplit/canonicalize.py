@@ -71,6 +71,8 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         ) from None
     _dropout_to_identity(graph)
     graph.fold_constants(error_ok=True).cleanup()
+    if _fold_weight_dequantize(graph):
+        graph.fold_constants(error_ok=True).cleanup()
     _refuse_quantized(graph)
     folded = _fold_batchnorm_into_conv(graph)
     removed = _remove_trailing_normalizers(graph)
@@ -93,6 +95,40 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         folded_batchnorms=folded,
         original_outputs=original_outputs,
     )
+
+
+def _fold_weight_dequantize(graph: gs.Graph) -> int:
+    """DequantizeLinear of constants (weight-only quantization) as float constants:
+    (q - zero_point) * scale, per tensor or per axis (graphsurgeon's folding keeps Q/DQ nodes).
+    Returns the number folded."""
+    folded = 0
+    for node in graph.nodes:
+        if node.op != "DequantizeLinear" or node.attrs.get("block_size", 0):
+            continue
+        values = [_constant(t) if t.name else None for t in node.inputs]
+        if len(values) < 2 or values[0] is None or values[1] is None:
+            continue
+        if len(values) > 2 and node.inputs[2].name and values[2] is None:
+            continue
+        q, scale = values[0].astype(np.float64), values[1].astype(np.float64)
+        zero = values[2].astype(np.float64) if len(values) > 2 and values[2] is not None else 0.0
+        if scale.ndim == 1 and scale.size > 1:  # per axis
+            axis = int(node.attrs.get("axis", 1)) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) else zero
+        result = ((q - zero) * scale).astype(values[1].dtype)
+        out = node.outputs[0]
+        constant = gs.Constant(f"{out.name}_dequantized", result)
+        for reader in list(out.outputs):
+            for i, tensor in enumerate(reader.inputs):
+                if tensor is out:
+                    reader.inputs[i] = constant
+        graph.outputs = [constant if t is out else t for t in graph.outputs]
+        node.outputs.clear()
+        folded += 1
+    return folded
 
 
 def _refuse_quantized(graph: gs.Graph) -> None:

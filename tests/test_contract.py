@@ -337,44 +337,82 @@ def test_heads_nk11_and_segmentation(kind):
     assert "head" in "".join(p.key for p in compiled.metadata_props)
 
 
-def qdq_model() -> onnx.ModelProto:
-    """The digits CNN with its first activation fake-quantized (QuantizeLinear ->
-    DequantizeLinear), as onnxruntime's static quantization emits."""
-    from onnx import helper, numpy_helper
+@pytest.fixture(scope="module", params=["QDQ", "QOperator"])
+def quantized(request, tmp_path_factory) -> onnx.ModelProto:
+    """The digits CNN quantized by onnxruntime's static quantization (int8 activations)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    model = digits("digits_cnn_op17_legacy.onnx")
-    graph = model.graph
-    relu = next(n for n in graph.node if n.op_type == "Relu")
-    src = relu.output[0]
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(0.05, np.float32), "q_scale"),
-            numpy_helper.from_array(np.array(0, np.uint8), "q_zero"),
-        ]
-    )
-    for node in graph.node:
-        node.input[:] = ["q_deq" if t == src else t for t in node.input]
-    index = list(graph.node).index(relu) + 1
-    graph.node.insert(
-        index, helper.make_node("DequantizeLinear", ["q_int", "q_scale", "q_zero"], ["q_deq"])
-    )
-    graph.node.insert(
-        index, helper.make_node("QuantizeLinear", [src, "q_scale", "q_zero"], ["q_int"])
-    )
-    return model
+    x = digits_inputs(8)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input": x[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    out = tmp_path_factory.mktemp("quantized") / f"{request.param}.onnx"
+    source = os.path.join(SAMPLES, "digits_cnn_op17_legacy.onnx")
+    quantize_static(source, str(out), Reader(), quant_format=getattr(QuantFormat, request.param))
+    return onnx.load(str(out))
 
 
 @pytest.mark.parametrize("methods", [["gradient"], ["splitcam"], ["lrp_zplus", "splitlrp"]])
-def test_quantized_activations_are_refused_by_every_method_alike(methods):
+def test_quantized_activations_are_refused_by_every_method_alike(quantized, methods):
     with pytest.raises(OnnxSplitError, match="quantized"):
-        attach_methods(qdq_model(), methods)
+        attach_methods(quantized, methods)
 
 
-def test_quantized_activations_are_refused_by_convert():
+def test_quantized_activations_are_refused_by_convert_and_export_web(quantized, tmp_path):
     from onnxsplit.convert import convert_model
+    from onnxsplit.deploy import export_bundle
 
     with pytest.raises(OnnxSplitError, match="quantized"):
-        convert_model(qdq_model())
+        convert_model(quantized)
+    path = tmp_path / "q.onnx"
+    onnx.save(quantized, str(path))
+    with pytest.raises(OnnxSplitError, match="quantized"):
+        export_bundle(path, tmp_path / "bundle", methods=["gradient"], preset="digits")
+    assert not (tmp_path / "bundle").exists()
+
+
+def weight_only_quantized(per_axis: bool) -> onnx.ModelProto:
+    """The digits CNN with int8 weights: DequantizeLinear of initializers (per tensor or per
+    output channel), float activations."""
+    from onnx import helper, numpy_helper
+
+    model = digits("digits_cnn_op17_legacy.onnx")
+    for node in [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]:
+        name = node.input[1]
+        init = next(i for i in model.graph.initializer if i.name == name)
+        w = numpy_helper.to_array(init)
+        if per_axis:
+            scale = (np.abs(w).reshape(w.shape[0], -1).max(1) / 127).astype(np.float32)
+            q = np.round(w / scale.reshape([-1] + [1] * (w.ndim - 1))).astype(np.int8)
+        else:
+            scale = np.asarray(np.abs(w).max() / 127, np.float32)
+            q = np.round(w / scale).astype(np.int8)
+        model.graph.initializer.remove(init)
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(q, name + "_q"), numpy_helper.from_array(scale, name + "_s")]
+        )
+        dq = helper.make_node("DequantizeLinear", [name + "_q", name + "_s"], [name], axis=0)
+        model.graph.node.insert(0, dq)
+    return model
+
+
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_weight_only_quantization_is_folded_and_explained(per_axis):
+    from onnxsplit.convert import convert_model, relative_error
+
+    model = weight_only_quantized(per_axis)
+    x = digits_inputs()
+    (reference,) = make_session(model.SerializeToString(), "cpu").run(None, {"input": x})
+    split = convert_model(model).model
+    (logits,) = make_session(split.SerializeToString(), "cpu").run(["logits"], {"input": x})
+    assert relative_error(logits, reference) <= 1e-5
+    _, maps = compile_run(model, ["gradient", "splitlrp"], x, None, None)
+    assert all(np.all(np.isfinite(v)) and np.abs(v).max() > 0 for v in maps.values())
 
 
 def fp16_model() -> onnx.ModelProto:
