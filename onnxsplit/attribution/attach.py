@@ -88,8 +88,8 @@ def attach_methods(
     methods: names from onnxsplit.attribution.methods.METHODS ('gradient', 'gradient_x_input',
     'gradcam', 'layercam', 'lrp_epsilon', 'lrp_zplus', 'lrp_epsilon_plus', 'splitcam',
     'splitlrp', 'splitgrad') or method instances (docs/methods.md defines each).
-    target_layer: the tensor the CAM methods explain (default: the last rank-4 rectifier
-    output of the canonical graph). components=False: only `logits` and `map_<method>`
+    target_layer: the tensor the CAM methods explain (default: the last rectifier output of
+    the input's rank in the canonical graph). components=False: only `logits` and `map_<method>`
     (no component maps or diagnostics; the work only they need is left out, e.g. SplitLRP's
     R_h pass). per_sample: run the graph one sample at a time inside a Scan over the batch
     (onnxsplit.per_sample; for onnxruntime's CPU provider, where it keeps large models'
@@ -180,10 +180,8 @@ def explained_head(canonical: Canonical, output: gs.Tensor) -> tuple[gs.Tensor, 
     shape = output.shape
     if shape is None or len(shape) == 2:
         return output, "logits [N, K]"
-    graph, em = (
-        canonical.graph,
-        Emitter(canonical.graph, canonical.opset, np.dtype(output.dtype or np.float32)),
-    )
+    graph = canonical.graph
+    em = Emitter(graph, canonical.opset, np.dtype(output.dtype or np.float32))
     em.scope = "head"
     rank = len(shape)
     if rank == 0:
