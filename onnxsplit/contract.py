@@ -28,6 +28,7 @@ from onnxsplit.errors import OnnxSplitError
 TARGET = "target"
 LOGITS = "logits"
 MAP_PREFIX = "map_"
+CERT_PREFIX = "cert_"  # certificate maps (cert_drop, cert_rise): [N, *spatial] like map_*
 # names the contract gives to graph inputs/outputs; a user tensor never keeps one of them
 RESERVED = (TARGET, LOGITS)
 
@@ -41,6 +42,8 @@ META_SOURCE_OUTPUT = "onnxsplit.source_output"
 META_SOURCE_INPUT = "onnxsplit.source_input"  # the data input's name in the user's model
 META_BATCH = "onnxsplit.batch"  # the declared batch: an int, or "" for a dynamic batch
 META_HEAD = "onnxsplit.attribution.head"  # how the explained output was read (docs/inputs.md)
+# the certificate's deletion reference c (JSON number or nested list, in the model's input space)
+META_REFERENCE = "onnxsplit.reference"
 
 
 def map_output(method: str) -> str:

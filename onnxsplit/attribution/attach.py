@@ -27,6 +27,7 @@ from onnxsplit.attribution.methods import AttributionContext, AttributionMethod,
 from onnxsplit.blocked_layout import fuse_clips
 from onnxsplit.canonicalize import Canonical, canonicalize
 from onnxsplit.contract import (
+    CERT_PREFIX,
     LOGITS,
     MAP_PREFIX,
     META_BATCH,
@@ -137,7 +138,9 @@ def attach_methods(
         maps = {map_output(name): maps[map_output(name)] for name in names}
     public = [(LOGITS, logits, list(logits.shape or [None, None]))]
     for name, tensor in maps.items():  # maps [N, H, W]; diagnostics (not map_*) [N]
-        public.append((name, tensor, map_shape if name.startswith(MAP_PREFIX) else [batch]))
+        public.append(
+            (name, tensor, map_shape if name.startswith((MAP_PREFIX, CERT_PREFIX)) else [batch])
+        )
     outputs = []
     for name, tensor, shape in public:  # a copy per output: one tensor may serve two
         out = em.one("Identity", [tensor])
@@ -166,6 +169,8 @@ def attach_methods(
         META_BATCH: str(batch) if isinstance(batch, int) else "",
         META_HEAD: head,
     }
+    for method in resolved:  # a method's own keys (the certificate's reference)
+        meta.update(method.metadata(ctx) if hasattr(method, "metadata") else {})
     compiled = to_model(graph, canonical.opset, meta)
     if per_sample is True or (per_sample == "auto" and worth_scanning(compiled, model)):
         return scan_over_batch(compiled)

@@ -20,6 +20,7 @@ from onnxsplit.attribution.base import (
     register,
 )
 from onnxsplit.attribution.cams import CAMMethod, GradCAM, LayerCAM
+from onnxsplit.attribution.certificate import Certificate  # noqa: F401
 from onnxsplit.attribution.context import (
     AttributionContext,
     Layout,
@@ -39,7 +40,7 @@ from onnxsplit.attribution.split_methods import (
 )
 
 # the order users see (`onnxsplit methods`, reports): by family, then as each file registers
-_FAMILIES = ("gradients", "cams", "lrp_methods", "split_methods")
+_FAMILIES = ("gradients", "cams", "lrp_methods", "split_methods", "certificate")
 _ordered = sorted(METHODS.items(), key=lambda kv: _FAMILIES.index(kv[1].__module__.split(".")[-1]))
 METHODS.clear()
 METHODS.update(_ordered)
