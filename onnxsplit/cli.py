@@ -241,7 +241,7 @@ def ops(markdown):
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @methods_option(
     ("splitcam",),
@@ -274,18 +274,36 @@ def ops(markdown):
 @click.option(
     "--preprocess",
     "preprocess_spec",
-    default="imagenet",
-    show_default=True,
+    default=None,
     help="Preset (imagenet, efficientnet-lite, unit, none, digits), a JSON object "
     "or a JSON file with scale/mean/std/color/resize/quantize (an export-web preprocess.json "
-    "works).",
+    "works). Default: the one stored in the model (zoo models), else imagenet.",
 )
 @click.option(
     "--labels",
     "labels_path",
     type=click.Path(path_type=Path),
     help="Class names, one per class: text file (one per line) or JSON (list, or object "
-    "index -> name).",
+    "index -> name). Default: the names stored in the model (zoo models), or the ImageNet-1k "
+    "names for a 1000-class head.",
+)
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Also write report.html: one offline page, a gallery of inputs x methods with the "
+    "top-5 classes per input.",
+)
+@click.option(
+    "--figures/--no-figures",
+    default=True,
+    show_default=True,
+    help="Write <input>_figure.png per input (photo, every map, for/against maps).",
+)
+@click.option(
+    "--maps-only",
+    is_flag=True,
+    help="Only the methods' maps: no for/against component maps (SplitLRP and SplitGrad "
+    "then need one backward pass instead of two).",
 )
 @user_errors
 def explain(
@@ -301,11 +319,18 @@ def explain(
     device,
     preprocess_spec,
     labels_path,
+    report,
+    figures,
+    maps_only,
 ):
-    """Write saliency maps of MODEL for images, folders or .npy arrays (INPUTS): one
-    <input>_<method>.png/.npy per input and method, and summary.csv/json."""
+    """Write saliency maps of MODEL (an .onnx file or a zoo model such as efficientnet_lite0)
+    for images, folders or .npy arrays (INPUTS): per input and method <input>_<method>.png
+    (the map over the photo) and .npy, per input <input>_figure.png, summary.csv/json, and
+    report.html with --report."""
+    from onnxsplit.explain.inputs import collect
     from onnxsplit.explain.preprocess import get_preprocess
     from onnxsplit.explain.runner import explain as run_explain
+    from onnxsplit.progress import bar
 
     if target == "auto":
         target_index = None
@@ -316,32 +341,64 @@ def explain(
             raise OnnxSplitError(
                 f"--target must be a class index or 'auto', not '{target}'"
             ) from None
-    pre = get_preprocess(preprocess_spec)
-    run = run_explain(
-        model,
-        list(inputs),
-        list(methods),
-        out_dir,
-        target=target_index,
-        target_layer=target_layer,
-        input_name=input_name,
-        output_name=output_name,
-        batch_size=batch_size,
-        device=device,
-        preprocess=pre,
-        labels=labels_path,
-    )
+    pre = get_preprocess(preprocess_spec) if preprocess_spec is not None else None
+    total = len(collect(list(inputs)))
+    with bar(total, "explaining", "input") as progress:
+        run = run_explain(
+            model,
+            list(inputs),
+            list(methods),
+            out_dir,
+            target=target_index,
+            target_layer=target_layer,
+            input_name=input_name,
+            output_name=output_name,
+            batch_size=batch_size,
+            device=device,
+            preprocess=pre,
+            labels=labels_path,
+            progress=progress.update,
+            components=not maps_only,
+            figures=figures,
+            report=report,
+            warn=lambda message: click.echo(f"warning: {message}", err=True),
+        )
     source = "cache" if run.from_cache else "compiled now"
     click.echo(f"model: {run.model} ({source})")
     click.echo(f"provider: {run.provider}")
-    for row in run.rows[:20]:
+    if run.preprocess is not None:
+        from onnxsplit.explain.preprocess import describe
+
+        click.echo(f"preprocessing: {describe(run.preprocess)} ({run.preprocess_source})")
+    if run.labels_source:
+        click.echo(f"class names: {run.labels_source}")
+    seen: set[str] = set()
+    shown = 0
+    for row in run.rows:
+        if row["input"] in seen:
+            continue
+        seen.add(row["input"])
+        shown += 1
+        if shown > 20:
+            continue
+        label = f" {row['predicted_label']}" if row["predicted_label"] else ""
+        score = f"p {row['probability']:.2f}, " if row["probability"] != "" else ""
+        explained = "" if row["target"] == row["predicted"] else f", explained {row['target']}"
         click.echo(
-            f"{row['input']}: predicted {row['predicted']} {row['predicted_label']} "
-            f"(logit {row['logit']:.3f}), explained {row['target']} -> {row['output']}"
+            f"{row['input']}: predicted {row['predicted']}{label} ({score}logit "
+            f"{row['logit']:.3f}){explained}"
         )
-    if len(run.rows) > 20:
-        click.echo(f"... {len(run.rows) - 20} more")
-    click.echo(f"wrote {len(run.rows)} map(s) to {out_dir}")
+    if shown > 20:
+        click.echo(f"... {shown - 20} more inputs")
+    for note in run.notes:
+        click.echo(f"note: {note}")
+    kept = f" ({run.earlier_rows} rows of earlier runs kept)" if run.earlier_rows else ""
+    click.echo(
+        f"wrote {len(run.rows)} map(s), {len(run.figures)} figure(s) to {out_dir}; "
+        f"summary.csv{kept}"
+    )
+    if run.report is not None:
+        click.echo(f"report: {run.report}")
 
 
 @main.command("export-web")

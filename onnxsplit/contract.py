@@ -42,6 +42,9 @@ META_SOURCE_OUTPUT = "onnxsplit.source_output"
 META_SOURCE_INPUT = "onnxsplit.source_input"  # the data input's name in the user's model
 META_BATCH = "onnxsplit.batch"  # the declared batch: an int, or "" for a dynamic batch
 META_HEAD = "onnxsplit.attribution.head"  # how the explained output was read (docs/inputs.md)
+# how images become the model's input (JSON: name, scale, mean, std, color, resize, quantize)
+META_PREPROCESS = "onnxsplit.explain.preprocess"
+META_LABELS = "onnxsplit.explain.labels"  # class names in logit order (JSON list)
 # the certificate's deletion reference c (JSON number or nested list, in the model's input space)
 META_REFERENCE = "onnxsplit.reference"
 

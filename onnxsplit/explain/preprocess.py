@@ -227,3 +227,66 @@ def to_input(
     if layout.layout == "NCHW":
         x = np.transpose(x, (2, 0, 1))
     return np.ascontiguousarray(x, dtype=np.float32), shown
+
+
+# -- preprocessing stored in a model's metadata (contract.META_PREPROCESS) ---------------------
+def preprocess_json(pre: Preprocess) -> str:
+    """The preprocessing as the JSON object `--preprocess` reads back (plus its name)."""
+    return json.dumps(
+        {
+            "name": pre.name,
+            "scale": pre.scale,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "color": pre.color,
+            "resize": pre.resize,
+            "quantize": pre.quantize,
+        }
+    )
+
+
+def stored_preprocess(text: str, source: str = "the model's metadata") -> Preprocess:
+    """The Preprocess of a `preprocess_json` string."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise OnnxSplitError(f"{source} holds a preprocessing that is not a JSON object: {text!r}")
+    name = str(data.pop("name", "stored"))
+    pre = get_preprocess(json.dumps(data))
+    return Preprocess(
+        name, pre.scale, pre.mean, pre.std, pre.color, pre.resize, pre.quantize, pre.extra
+    )
+
+
+def same_preprocess(a: Preprocess, b: Preprocess, channels: int = 3) -> bool:
+    """True when the two give the same model input (names aside)."""
+
+    def spread(values: tuple[float, ...]) -> np.ndarray:
+        return np.broadcast_to(np.asarray(values, np.float64), (channels,))
+
+    if (a.color, a.resize) != (b.color, b.resize) or (a.quantize is None) != (b.quantize is None):
+        return False
+    if a.quantize is not None and not np.isclose(a.quantize, b.quantize):
+        return False
+    try:
+        # x = (p * scale - mean) / std: compare the affine map per channel
+        gain_a, gain_b = a.scale / spread(a.std), b.scale / spread(b.std)
+        off_a, off_b = spread(a.mean) / spread(a.std), spread(b.mean) / spread(b.std)
+    except ValueError:
+        return False
+    return bool(np.allclose(gain_a, gain_b, rtol=1e-4) and np.allclose(off_a, off_b, atol=1e-4))
+
+
+def describe(pre: Preprocess) -> str:
+    """One line: name and formula."""
+
+    def show(values: tuple[float, ...]) -> str:
+        shown = [f"{v:g}" for v in values]
+        return shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")"
+
+    return (
+        f"{pre.name}: x = (pixel * {pre.scale:.6g} - {show(pre.mean)}) / {show(pre.std)}, "
+        f"{pre.color}, {'centre crop' if pre.resize == 'crop' else 'stretched'}"
+    )

