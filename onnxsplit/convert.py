@@ -16,11 +16,13 @@ from onnxsplit.canonicalize import canonicalize
 from onnxsplit.emit import check_destination, save_model, to_model
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.load import file_sha256, load_model
+from onnxsplit.precision import finish_float64, to_float64
 from onnxsplit.runtime import make_session, provider_used
 from onnxsplit.split.driver import X_NEG, X_POS, split_graph
 from onnxsplit.stabilize import get_stabilizer
 
 EXACTNESS_TOLERANCE = 1e-4
+DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -39,11 +41,17 @@ class ConvertResult:
     exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
     path: Path | None = None
     probe: dict | None = None
+    dtype: str = "float32"
 
     def summary(self) -> str:
         ops = ", ".join(f"{op}×{n}" for op, n in sorted(self.rule_counts.items()))
         lines = [
-            f"mode: {self.mode}   opset: {self.source_opset} -> {self.opset}",
+            f"mode: {self.mode}   opset: {self.source_opset} -> {self.opset}"
+            + (
+                "   dtype: float64 (input and logits float32, g and h float64)"
+                if self.dtype == "float64"
+                else ""
+            ),
             f"input: {self.input_name}   output: {self.output_name} -> logits, g, h",
             f"ops split: {ops}",
             f"nodes: {self.nodes_before} (original) -> {self.nodes_after} (split graph)",
@@ -84,13 +92,26 @@ def convert_model(
     expose: tuple[str, ...] = (),
     source: str = "",
     fast: bool = True,
+    dtype: str = "float32",
 ) -> ConvertResult:
     """Compile an in-memory ONNX model into its split model (nothing is written).
 
     fast: in normalized mode, affine layers whose input was re-centered use the difference/mass
     form (2 instead of 4 convolutions); `fast=False` emits the plain four-term form.
+    dtype='float64' (raw mode): the split graph computes in float64 (onnxsplit.precision), where
+    float32 loses f = g - h to cancellation; its input and logits stay float32, g and h are
+    float64.
     """
     stabilizer = get_stabilizer(mode)
+    nodes_before = len(model.graph.node)
+    if dtype not in DTYPES:
+        raise OnnxSplitError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    if dtype == "float64":
+        if mode != "raw":
+            raise OnnxSplitError(
+                "--dtype float64 is for --mode raw (the normalized split is exact in float32)"
+            )
+        model = to_float64(model)
     canonical = canonicalize(model)
     split = split_graph(
         canonical,
@@ -109,7 +130,11 @@ def convert_model(
         "onnxsplit.exposed": json.dumps(split.exposed),
         "onnxsplit.source": source,
     }
+    if dtype == "float64":
+        meta["onnxsplit.dtype"] = dtype
     emitted = to_model(split.graph, canonical.opset, meta)
+    if dtype == "float64":
+        emitted = finish_float64(emitted, split.input_name, float32_outputs=("logits",))
     result = ConvertResult(
         model=emitted,
         mode=mode,
@@ -117,12 +142,13 @@ def convert_model(
         output_name=split.output_name,
         opset=canonical.opset,
         source_opset=canonical.source_opset,
-        nodes_before=len(model.graph.node),
+        nodes_before=nodes_before,
         nodes_after=len(emitted.graph.node),
         rule_counts=split.rule_counts,
         removed_softmax=canonical.removed_softmax,
         folded_batchnorms=canonical.folded_batchnorms,
         exposed=split.exposed,
+        dtype=dtype,
     )
     # graphsurgeon graphs are reference cycles (nodes <-> tensors): free their weights now
     del canonical, split
@@ -145,8 +171,12 @@ def convert(
     force: bool = False,
     probe: bool = True,
     device: str = "auto",
+    dtype: str = "float32",
 ) -> ConvertResult:
-    """Compile the model file at `model_path` and write the split model atomically."""
+    """Compile the model file at `model_path` and write the split model atomically.
+
+    A raw split that is not exact on the probe (EXACTNESS_TOLERANCE; NaN or inf included) is
+    refused: nothing is written."""
     model_path = Path(model_path)
     out = Path(output_path) if output_path else default_output_path(model_path)
     model = load_model(model_path)
@@ -158,14 +188,36 @@ def convert(
         output_name=output_name,
         expose=expose,
         source=f"{model_path.name} sha256:{file_sha256(model_path)}",
+        dtype=dtype,
     )
     data = result.model.SerializeToString()  # once, for the probe and the file
     if probe:
         result.probe = probe_exactness(model, result, device=device, split_bytes=data)
+        check_raw_probe(result)
     del model
     save_model(result.model, out, data=data)
     result.path = out
     return result
+
+
+def check_raw_probe(result: ConvertResult) -> None:
+    """Refuse a raw split whose probe is not exact (NaN and inf included: `not err <= tol`)."""
+    if result.mode != "raw" or not result.probe:
+        return
+    error = result.probe["relative_error"]
+    if error <= EXACTNESS_TOLERANCE:
+        return
+    hint = (
+        "--dtype float64 keeps 9 more digits"
+        if result.dtype == "float32"
+        else "float64 is not enough either"
+    )
+    raise OnnxSplitError(
+        f"the raw split is not exact on a probe input: max|logits - original| / max|original| = "
+        f"{error:.1e} > {EXACTNESS_TOLERANCE:g} (max |g|, |h| = {result.probe['max_stream']:.3g}):"
+        f" the streams lose f to {result.dtype} rounding; nothing was written. {hint}; "
+        "--mode normalized is exact at any depth"
+    )
 
 
 def probe_input_shape(model: onnx.ModelProto, input_name: str, batch: int = 2) -> list[int]:

@@ -135,8 +135,8 @@ def stream_model(split: onnx.ModelProto) -> onnx.ModelProto:
     source = tensors[meta["onnxsplit.input"]]
     streams = [tensors[pos_name], tensors[neg_name]]
     for tensor in streams:
-        tensor.inputs.clear()
-        tensor.dtype, tensor.shape = source.dtype, source.shape
+        tensor.inputs.clear()  # a float64 split (--dtype float64) keeps its float64 streams
+        tensor.dtype, tensor.shape = tensor.dtype or source.dtype, source.shape
     graph.inputs = streams
     graph.outputs = [t for t in graph.outputs if t.name in ("g", "h")]
     graph.cleanup()
@@ -153,7 +153,11 @@ def convexity_checks(
     session = make_session(model.SerializeToString(), "cpu")
     rng = np.random.default_rng(seed)
 
+    wide = session.get_inputs()[0].type == "tensor(double)"  # a --dtype float64 split
+
     def evaluate(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        if wide:
+            u, v = u.astype(np.float64), v.astype(np.float64)
         g, h = session.run(["g", "h"], {"x_pos": u, "x_neg": v})
         return np.concatenate([g.reshape(len(u), -1), h.reshape(len(u), -1)], axis=1)
 
