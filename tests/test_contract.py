@@ -5,8 +5,11 @@ The property test draws a random torch ReLU network (tests/test_property.py's st
 it with the legacy exporter at a dynamic or fixed batch, renames its tensors adversarially (the
 output and intermediates named `logits`, `g`, `h`, `target`, `x_pos`, `map_gradient`, names that
 look like onnxsplit's own), sometimes adds a second output, and compiles a random subset of the
-methods together. Every map must equal the same method compiled alone (<= 1e-6 of its scale) and
-be finite, and the gradient must equal torch autograd.
+methods together. Every map must equal the same method compiled alone (<= 1e-6 of its scale, in
+onnxruntime sessions without graph optimizations: the compiled graphs' own arithmetic) and be
+finite; with onnxruntime's optimizations the two differ by kernel-fusion rounding only (a
+fusion depends on how many readers a tensor has: measured up to 2.2e-6 of the scale for
+LRP-z+, asserted <= 1e-4); the gradient must equal torch autograd.
 
     ONNXSPLIT_HYPOTHESIS=long python -m pytest tests/test_contract.py -q   # 200 examples
 """
@@ -36,7 +39,8 @@ from onnxsplit.runtime import make_session  # noqa: E402
 EXAMPLES = {"default": 12, "long": 200, "xlong": 500}[
     os.environ.get("ONNXSPLIT_HYPOTHESIS", "default")
 ]
-SAME = 1e-6  # combined vs alone, relative to the map's max |value|
+SAME = 1e-6  # combined vs alone, relative to the map's max |value| (unoptimized sessions)
+RUNTIME_ROUNDING = 1e-4  # onnxruntime's graph optimizations vs none (kernel fusion rounding)
 GRAD_TOLERANCE = 1e-3  # float32 onnxruntime vs float64 torch
 ADVERSARIAL = [
     "logits",
@@ -87,10 +91,26 @@ def with_second_output(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def compile_run(model, methods, x, target, output_name):
+def plain_session(compiled: onnx.ModelProto):
+    """onnxruntime without graph optimizations: the compiled graph's own arithmetic (its kernel
+    fusions depend on how many readers a tensor has, and so on what is compiled beside it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        compiled.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def compile_run(model, methods, x, target, output_name, optimized=True):
     compiled = attach_methods(model, methods, output_name=output_name)
     iface = Interface.of(compiled)
-    session = make_session(compiled.SerializeToString(), "cpu")
+    if optimized:
+        session = make_session(compiled.SerializeToString(), "cpu")
+    else:
+        session = plain_session(compiled)
     names = [LOGITS] + [map_output(m) for m in methods]
     return compiled, dict(zip(names, iface.run(session, x, target, names), strict=True))
 
@@ -128,22 +148,33 @@ def test_every_map_equals_the_method_alone(
     rng = np.random.default_rng(spec.seed)
     x = rng.standard_normal((run_batch, spec.channels, spec.size, spec.size)).astype(np.float32)
     target = rng.integers(-1, spec.classes, run_batch)
+    output_name = out_name if second else None
+    cams = [m for m in methods if METHODS[m].takes_layer]
+    if cams:  # a net without a spatial rectifier: every CAM is refused, alone or combined
+        try:
+            compile_run(model, cams[:1], x, target, output_name)
+        except OnnxSplitError as exc:
+            if "rectifier output" not in str(exc):
+                raise
+            methods = [m for m in methods if m not in cams]
+            if not methods:
+                hypothesis.reject()
     try:
-        _, together = compile_run(model, methods, x, target, out_name if second else None)
+        _, together = compile_run(model, methods, x, target, output_name, optimized=False)
     except UnsupportedBackwardError:
-        hypothesis.reject()  # ops without an adjoint (checked to be refused alike below)
-    except OnnxSplitError as exc:
-        if "rank-4 rectifier" in str(exc) or "rectifier output" in str(exc):
-            hypothesis.reject()  # a CAM without a spatial rectifier: refused, not wrong
-        raise
+        hypothesis.reject()  # an op form without an adjoint (refused with one clear error)
+    _, fused = compile_run(model, methods, x, target, output_name)
     for method in methods:
-        _, alone = compile_run(model, [method], x, target, out_name if second else None)
+        _, alone = compile_run(model, [method], x, target, output_name, optimized=False)
         got, want = together[map_output(method)], alone[map_output(method)]
         assert np.all(np.isfinite(got)), method
         scale = max(float(np.abs(want).max()), 1e-12)
         worst = float(np.abs(got - want).max()) / scale
         assert worst <= SAME, f"{method} beside {methods}: {worst:.2e} of its scale"
-        np.testing.assert_allclose(together[LOGITS], alone[LOGITS], rtol=0, atol=1e-6 * scale)
+        np.testing.assert_array_equal(together[LOGITS], alone[LOGITS])
+        # onnxruntime's fused kernels round differently; bounded, not a different map
+        runtime = float(np.abs(fused[map_output(method)] - want).max()) / scale
+        assert runtime <= RUNTIME_ROUNDING, f"{method}: optimized session {runtime:.2e}"
     if "gradient" in methods:
         with torch.no_grad():
             predicted = module.double()(torch.tensor(x, dtype=torch.float64)).argmax(1).numpy()
