@@ -640,3 +640,14 @@ def verify(original, split, inputs_path, tolerance):
         click.echo("verification FAILED", err=True)
         sys.exit(1)
     click.echo("verification passed")
+
+
+# -- certify and convert --dtype (onnxsplit/certify.py, docs/certified.md) ---------------------
+def _add_certify() -> None:
+    from onnxsplit.certify import add_dtype_option, command
+
+    main.add_command(command(user_errors))
+    add_dtype_option(convert, user_errors)
+
+
+_add_certify()

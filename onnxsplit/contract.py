@@ -29,6 +29,9 @@ TARGET = "target"
 LOGITS = "logits"
 MAP_PREFIX = "map_"
 CERT_PREFIX = "cert_"  # certificate maps (cert_drop, cert_rise): [N, *spatial] like map_*
+CERT_DROP = "cert_drop"  # the certificate's D map (onnxsplit/attribution/certificate.py)
+CERT_RISE = "cert_rise"  # its U map
+CERT_ERROR = "certificate_error"  # [N] diagnostic: max_k |g_k - h_k - f_k| / max_k |f_k|
 # names the contract gives to graph inputs/outputs; a user tensor never keeps one of them
 RESERVED = (TARGET, LOGITS)
 

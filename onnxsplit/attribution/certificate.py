@@ -36,12 +36,11 @@ import onnx_graphsurgeon as gs
 
 from onnxsplit.attribution.base import AttributionMethod, register
 from onnxsplit.attribution.context import AttributionContext
-from onnxsplit.contract import META_REFERENCE
+from onnxsplit.contract import CERT_DROP, CERT_ERROR, CERT_RISE, META_REFERENCE
 from onnxsplit.errors import OnnxSplitError
 
-CERT_DROP = "cert_drop"
-CERT_RISE = "cert_rise"
-CERT_ERROR = "certificate_error"
+__all__ = ["CERT_DROP", "CERT_ERROR", "CERT_RISE", "CERT_TOLERANCE", "Certificate"]
+
 # max_k |g_k - h_k - f_k| / max_k |f_k| up to which a sample's split counts as exact
 CERT_TOLERANCE = 1e-4
 MODES = ("raw", "normalized")
@@ -179,6 +178,10 @@ def check_raw_split(ctx: AttributionContext, tolerance: float = CERT_TOLERANCE) 
     split = convert_model(
         model, mode="raw", input_name=ctx.data.name, output_name=ctx.logits.name
     ).model
+    if ctx.dtype == np.float64:  # onnxruntime's CPU has no float64 Conv & co.: rewrite them
+        from onnxsplit.precision import lower_float64
+
+        model, split = lower_float64(model), lower_float64(split)
     x = np.random.default_rng(0).standard_normal(shape).astype(ctx.dtype)
     (reference,) = make_session(model.SerializeToString(), "cpu").run(
         [ctx.logits.name], {ctx.data.name: x}
@@ -186,9 +189,14 @@ def check_raw_split(ctx: AttributionContext, tolerance: float = CERT_TOLERANCE) 
     (logits,) = make_session(split.SerializeToString(), "cpu").run(["logits"], {ctx.data.name: x})
     error = relative_error(logits, reference)
     if not error <= tolerance:
+        hint = (
+            "try the float64 model (onnxsplit certify --dtype float64)"
+            if ctx.dtype != np.float64
+            else "the net is too deep for the raw split"
+        )
         raise OnnxSplitError(
             f"certificate: the raw split is not exact on a probe input (max|g - h - f| / max|f| "
             f"= {error:.1e} > {tolerance:g}): its streams lose f to {ctx.dtype} rounding, so no "
-            "bound can be proven; try the float64 model (onnxsplit certify --dtype float64)"
+            f"bound can be proven; {hint}"
         )
     return error
