@@ -497,27 +497,48 @@ def export_web(
 @user_errors
 def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limit, device):
     """Score every method with Quantus metrics; write results.csv/.md and ranks.png."""
-    from onnxsplit.eval.harness import evaluate as run_evaluate
+    from onnxsplit import extras
+    from onnxsplit.progress import bar
 
-    with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
+    # what the harness and Quantus import, checked before anything runs (one error line)
+    extras.require(
+        ["torch", "quantus", "pandas", "scipy", "cv2", "skimage", "sklearn", "cachetools"],
+        "onnxsplit evaluate",
+    )
+    try:
+        from onnxsplit.eval.harness import evaluate as run_evaluate
+    except ImportError as exc:
+        found = extras.from_import_error(exc, "onnxsplit evaluate")
+        if found is None:
+            raise
+        raise found from None
+
+    with bar(None, "evaluating", "step") as shown:
 
         def progress(step: int, total: int, message: str) -> None:
-            bar.length = max(total, 1)
-            bar.label = message[:40]
-            bar.update(max(step - bar.pos, 0))
+            if shown.total != total:
+                shown.reset(total=max(total, 1))
+            shown.set_description_str(message[:40], refresh=False)
+            shown.update(max(step - shown.n, 0))
 
-        result = run_evaluate(
-            model_path,
-            list(methods),
-            _names(metrics),
-            data,
-            out_dir,
-            seed=seed,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            progress=progress,
-        )
+        try:
+            result = run_evaluate(
+                model_path,
+                list(methods),
+                _names(metrics),
+                data,
+                out_dir,
+                seed=seed,
+                batch_size=batch_size,
+                limit=limit,
+                device=device,
+                progress=progress,
+            )
+        except ImportError as exc:
+            found = extras.from_import_error(exc, "onnxsplit evaluate")
+            if found is None:
+                raise
+            raise found from None
     click.echo(f"provider: {result.provider}   samples: {result.n_samples}")
     click.echo(f"wrote {out_dir / 'results.md'}, results.csv and ranks.png")
 
@@ -590,9 +611,9 @@ def methods():
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    default=Path("onnxsplit-demo"),
-    show_default=True,
-    help="Folder for the demo's outputs.",
+    default=None,
+    help="Folder for the demo's split model (default: the cache, $ONNXSPLIT_CACHE/demo or "
+    "~/.cache/onnxsplit/demo; never the current folder).",
 )
 @device_option()
 @user_errors

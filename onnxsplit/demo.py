@@ -23,7 +23,15 @@ def digit_png_to_input(path: Path) -> np.ndarray:
     return (np.round(gray / 16) / 16).reshape(1, 1, *gray.shape).astype(np.float32)
 
 
-def run_demo(out_dir: Path, device: str = "auto") -> tuple[ConvertResult, str]:
+def demo_dir() -> Path:
+    """Where `onnxsplit demo` writes without --out: the cache, never the current folder."""
+    from onnxsplit.explain.runner import cache_root
+
+    return cache_root() / "demo"
+
+
+def run_demo(out_dir: Path | None = None, device: str = "auto") -> tuple[ConvertResult, str]:
+    out_dir = demo_dir() if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = Path(str(DATA / SAMPLE_MODEL))
     result = convert(model_path, out_dir / "digits_cnn.split.onnx", force=True, device=device)

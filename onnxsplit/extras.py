@@ -22,7 +22,7 @@ MODULES: dict[str, tuple[str, str | None]] = {
     "quantus": ("quantus", "eval"),
     "pandas": ("pandas", "eval"),
     "scipy": ("scipy", "eval"),
-    "cv2": ("opencv-python-headless", "eval"),
+    "cv2": ("opencv-python", "eval"),
     "cachetools": ("cachetools", "eval"),
     "tqdm": ("tqdm", "eval"),
     "skimage": ("scikit-image", "zoo"),
@@ -68,12 +68,26 @@ def require(modules: list[str] | tuple[str, ...], purpose: str) -> None:
             raise missing(module, purpose)
 
 
-def from_import_error(exc: ImportError, purpose: str) -> MissingExtra | None:
-    """The MissingExtra for an ImportError of an optional package, None for anything else
-    (a broken install of a package that is there is not a missing extra)."""
-    name = getattr(exc, "name", None)
-    if isinstance(exc, ModuleNotFoundError) and name:
-        top = name.split(".")[0]
-        if top in MODULES:
-            return missing(top, purpose)
+LIBGL = (
+    "OpenCV's GUI build (opencv-python, which quantus and imgaug require) needs the system "
+    "library libGL; on a server without it use the headless build: pip uninstall -y "
+    "opencv-python && pip install --force-reinstall --no-deps opencv-python-headless"
+)
+
+
+def from_import_error(exc: BaseException, purpose: str) -> MissingExtra | None:
+    """The MissingExtra for an ImportError of an optional package (or one it was raised from),
+    None for anything else (a broken install of a package that is there is not a missing
+    extra, except OpenCV without libGL, which gets its own fix)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        name = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and name:
+            top = name.split(".")[0]
+            if top in MODULES:
+                return missing(top, purpose)
+        if isinstance(exc, ImportError) and "libGL" in str(exc):
+            return MissingExtra(f"{purpose}: {LIBGL}")
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
     return None

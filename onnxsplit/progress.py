@@ -12,6 +12,7 @@ class _Quiet:
     """A progress bar that shows nothing."""
 
     n = 0
+    total = None
 
     def update(self, step: int = 1) -> None:
         self.n += step
@@ -20,7 +21,7 @@ class _Quiet:
         pass
 
     def reset(self, total: int | None = None) -> None:
-        self.n = 0
+        self.n, self.total = 0, total
 
     def close(self) -> None:
         pass

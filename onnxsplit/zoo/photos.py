@@ -42,11 +42,11 @@ PHOTO_NAMES = (
 )
 QUOKKA_SHAPE = (643, 960)
 
-_PIP = {
-    "skimage": "pip install scikit-image",
-    "sklearn": "pip install scikit-learn",
+_PIP = {  # one line naming the extra that installs it (onnxsplit.extras)
+    "skimage": "pip install 'onnxsplit[zoo]'",
+    "sklearn": "pip install 'onnxsplit[zoo]'",
     "matplotlib": "pip install matplotlib",
-    "imgaug": "pip install --no-deps imgaug",
+    "imgaug": "pip install 'onnxsplit[zoo]' (or pip install --no-deps imgaug)",
 }
 
 
