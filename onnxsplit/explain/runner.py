@@ -470,6 +470,8 @@ def explain(
         for row in rows:
             row["same_as"] = _same_as(row["method"], coincidences(gathered)) if rows else ""
         report_path = None
+        if report and not report_rows and warn is not None:
+            warn("--report: no input has a 2-D map (a flat model's maps cannot be drawn)")
         if report and report_rows:
             from onnxsplit.explain.report import page
 
