@@ -500,7 +500,8 @@ def test_nhwc_model_whose_shape_reads_as_nchw_uses_the_recorded_layout(nhwc_shor
     assert saliency.shape == (3, 8)  # H = 3, W = 8
     from PIL import Image
 
-    assert Image.open(out / "digit_2_gradient.png").size == (8, 3)  # drawn over a 3x8 image
+    # drawn on the user's image at its own size (the map resized back from the 3x8 input)
+    assert Image.open(out / "digit_2_gradient.png").size == Image.open(PNG).size
 
 
 # -- 6. labels and preprocessing files ---------------------------------------------------------

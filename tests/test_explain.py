@@ -67,10 +67,12 @@ def test_explain_writes_overlays_maps_and_summary(efficientnet, photos, tmp_path
     assert by_input["chelsea"]["predicted"] in range(281, 286)  # a cat
     assert "cat" in by_input["chelsea"]["predicted_label"].lower()
     assert by_input["coffee"]["predicted"] in (967, 968)  # espresso / cup
-    for stem in ("chelsea_splitcam", "coffee_splitcam"):
-        saliency = np.load(out / f"{stem}.npy")
+    for name in ("chelsea", "coffee"):
+        saliency = np.load(out / f"{name}_splitcam.npy")
         assert saliency.shape == (224, 224) and np.all(np.isfinite(saliency))
-        assert Image.open(out / f"{stem}.png").size == (224, 224)
+        # drawn on the user's photo at its own size, not on the 224 px crop
+        photo = Image.open(photos / f"{name}.jpg").size
+        assert Image.open(out / f"{name}_splitcam.png").size == photo != (224, 224)
     assert (out / "summary.csv").read_text().startswith("input,")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
     again = run(
