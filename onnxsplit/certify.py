@@ -623,58 +623,10 @@ def command(wrap=lambda f: f):
     return certify_command
 
 
-def add_dtype_option(convert_command, wrap=lambda f: f) -> None:
-    """`convert --dtype float32|float64`: float64 compiles the raw split in float64
-    (onnxsplit.precision). Added to the existing command from here, so that cli.py's convert
-    is not edited; float32 runs the command unchanged."""
-    import click
-
-    convert_command.params.append(
-        click.Option(
-            ["--dtype"],
-            type=click.Choice(["float32", "float64"]),
-            default="float32",
-            show_default=True,
-            help="float64: the raw split computed in float64 (where float32 loses f = g - h); "
-            "input and logits stay float32, g and h are float64. With --mode raw.",
-        )
-    )
-    original = convert_command.callback
-
-    @wrap
-    def callback(**kwargs):
-        dtype = kwargs.pop("dtype")
-        if dtype == "float32":
-            return original(**kwargs)
-        if kwargs["methods"] or kwargs["target_layer"] or kwargs["maps_only"]:
-            raise OnnxSplitError(
-                "--dtype float64 applies to the split model, not to --methods (`onnxsplit "
-                "certify --dtype float64` compiles a float64 certificate)"
-            )
-        from onnxsplit.convert import convert
-
-        result = convert(
-            kwargs["model"],
-            kwargs["output_path"],
-            mode=kwargs["mode"],
-            input_name=kwargs["input_name"],
-            output_name=kwargs["output_name"],
-            expose=tuple(kwargs["expose"]),
-            force=kwargs["force"],
-            probe=not kwargs["no_probe"],
-            device=kwargs["device"],
-            dtype=dtype,
-        )
-        click.echo(result.summary())
-
-    convert_command.callback = callback
-
-
 __all__ = [
     "Compiled",
     "Maps",
     "Verdict",
-    "add_dtype_option",
     "certify",
     "command",
     "compile_certificate",

@@ -155,6 +155,14 @@ def main() -> None:
     help="With --methods: only logits and map_<method> (no component maps; SplitLRP then "
     "needs one relevance pass instead of two).",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="float64: the raw split computed in float64 (where float32 loses f = g - h); "
+    "input and logits stay float32, g and h are float64. With --mode raw.",
+)
 @user_errors
 def convert(
     model,
@@ -169,6 +177,7 @@ def convert(
     methods,
     target_layer,
     maps_only,
+    dtype,
 ):
     """Write the split model of MODEL: outputs logits, g and h with logits = g - h.
 
@@ -181,8 +190,11 @@ def convert(
     if methods or target_layer or maps_only:
         if not methods:
             raise OnnxSplitError("--target-layer and --maps-only need --methods M1,M2")
-        if mode != "normalized" or expose:
-            raise OnnxSplitError("--methods cannot be combined with --mode raw or --expose")
+        if mode != "normalized" or expose or dtype != "float32":
+            raise OnnxSplitError(
+                "--methods cannot be combined with --mode raw, --expose or --dtype float64 "
+                "(`onnxsplit certify --dtype float64` compiles a float64 certificate)"
+            )
         summary = convert_with_methods(
             model,
             output_path,
@@ -207,6 +219,7 @@ def convert(
         force=force,
         probe=not no_probe,
         device=device,
+        dtype=dtype,
     )
     click.echo(result.summary())
 
@@ -663,12 +676,11 @@ def verify(original, split, inputs_path, tolerance):
     click.echo("verification passed")
 
 
-# -- certify and convert --dtype (onnxsplit/certify.py, docs/certified.md) ---------------------
 def _add_certify() -> None:
-    from onnxsplit.certify import add_dtype_option, command
+    """`onnxsplit certify` (onnxsplit/certify.py builds the click command; docs/certified.md)."""
+    from onnxsplit.certify import command
 
     main.add_command(command(user_errors))
-    add_dtype_option(convert, user_errors)
 
 
 _add_certify()
