@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ from onnxsplit.blocked_layout import channel_scale
 from onnxsplit.split.values import Const, Pair, negative_part, positive_part
 
 Operand = gs.Tensor | np.ndarray | float
+SHARED_CONSTANT_ELEMENTS = 4096  # constants this large are emitted once per content
 
 
 def names_in(graph: gs.Graph) -> set[str]:
@@ -93,6 +95,7 @@ class Emitter:
         self.opset = opset
         self.dtype = np.dtype(dtype)
         self._counter = 0
+        self._constants: dict[tuple, gs.Constant] = {}  # large constants by content
         self.scope = "split"
 
     def name(self, hint: str) -> str:
@@ -105,8 +108,17 @@ class Emitter:
                 return candidate
 
     def const(self, array: np.ndarray | float, hint: str = "c", dtype=None) -> gs.Constant:
+        """A constant; large ones are shared by content (every backward pass derives the same
+        flipped, transposed or sign-split weights: one copy each instead of one per pass)."""
         value = np.asarray(array, dtype=dtype or self.dtype)
-        return gs.Constant(self.name(hint), value)
+        if value.size < SHARED_CONSTANT_ELEMENTS:
+            return gs.Constant(self.name(hint), value)
+        value = np.ascontiguousarray(value)
+        key = (value.dtype.str, value.shape, hashlib.blake2b(value.data, digest_size=16).digest())
+        shared = self._constants.get(key)
+        if shared is None:
+            shared = self._constants[key] = gs.Constant(self.name(hint), value)
+        return shared
 
     def original(self, tensor: gs.Tensor) -> gs.Variable:
         """A placeholder for the source graph's tensor (an extra input of the split graph)."""
