@@ -15,11 +15,19 @@ from onnxsplit import skeleton
 from onnxsplit.errors import OnnxSplitError
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+PROTOBUF_LIMIT = 2**31  # bytes: protobuf cannot serialize a larger message
 
 
 def to_model(graph: gs.Graph, opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
     """Export, stamp metadata, and run the full ONNX checker (default domain only)."""
     model = export_lean(graph)
+    size = model.ByteSize()
+    if size >= PROTOBUF_LIMIT:
+        raise OnnxSplitError(
+            f"the emitted model is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit for one "
+            "ONNX file; compile fewer methods at once (each backward pass adds transformed "
+            "copies of the weights) or a smaller model"
+        )
     del model.opset_import[:]
     model.opset_import.append(onnx.helper.make_opsetid("", opset))
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))

@@ -522,3 +522,49 @@ def test_fixed_batch_compiles_and_runs_every_method_over_any_number_of_samples()
     _, dynamic = compile_run(digits(), saliency, x, None, None)
     for name in fixed:
         np.testing.assert_allclose(fixed[name], dynamic[name], rtol=1e-5, atol=1e-6)
+
+
+def lrn_model() -> onnx.ModelProto:
+    """Conv -> LRN -> Relu -> Conv -> LRN -> Relu -> GlobalAveragePool -> Flatten -> Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w1", (4, 1, 3, 3)), ("w2", (4, 4, 3, 3)), ("w3", (3, 4)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("LRN", ["c1"], ["l1"], size=3, name="lrn1"),
+        helper.make_node("Relu", ["l1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("LRN", ["c2"], ["l2"], size=3, name="lrn2"),
+        helper.make_node("Relu", ["l2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lrn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp_epsilon_plus", "splitlrp", "splitcam"])
+def test_unsupported_ops_are_all_named_by_every_method(method):
+    """Every LRN node is named (the backward search used to stop at the first one)."""
+    with pytest.raises(OnnxSplitError) as info:
+        attach_methods(lrn_model(), [method])
+    assert "'lrn1'" in str(info.value) and "'lrn2'" in str(info.value)
+
+
+def test_plain_cams_compile_above_unsupported_ops():
+    """Grad-CAM differentiates only above its layer (relu2, after every LRN)."""
+    maps = run_all(lrn_model(), digits_inputs()[:, :, :6, :6], ["gradcam", "layercam"])
+    assert all(np.all(np.isfinite(v)) for v in maps.values())

