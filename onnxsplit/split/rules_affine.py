@@ -232,21 +232,25 @@ def _check_conv(node: gs.Node, inputs: list[Abstract]) -> str | None:
     summary="W+/W- convolutions on each stream (groups, dilations, pads, auto_pad kept)",
 )
 def conv(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
+    return [split_convolution(em, node, inputs)]
+
+
+def split_convolution(em: Emitter, node: gs.Node, inputs: list[Value]) -> Value:
+    """A Conv or ConvTranspose with constant weights (and bias) on a split activation: the
+    same op with W+ and W- (its attributes kept) on each stream."""
     weight = inputs[1].value
     bias = inputs[2].value if len(inputs) > 2 and inputs[2] is not None else None
     if bias is not None:
         bias = bias.reshape(-1, *([1] * (weight.ndim - 2)))  # broadcast over [N, O, *spatial]
     attrs = dict(node.attrs)
-    return [
-        split_linear(
-            em,
-            inputs[0],
-            weight,
-            lambda x, w: em.one("Conv", [x, w], attrs),
-            bias,
-            original=node.outputs[0],
-        )
-    ]
+    return split_linear(
+        em,
+        inputs[0],
+        weight,
+        lambda x, w: em.one(node.op, [x, w], attrs),
+        bias,
+        original=node.outputs[0],
+    )
 
 
 # Gemm / MatMul ----------------------------------------------------------------------

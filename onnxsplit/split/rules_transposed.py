@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxsplit.split.emitter import Emitter
 from onnxsplit.split.registry import Kind, only_first_split, rule
-from onnxsplit.split.rules_affine import split_linear
+from onnxsplit.split.rules_affine import split_convolution
 from onnxsplit.split.values import Abstract, Value
 
 
@@ -31,18 +31,4 @@ def _check_conv_transpose(node: gs.Node, inputs: list[Abstract]) -> str | None:
     "dilations, group kept)",
 )
 def conv_transpose(em: Emitter, node: gs.Node, inputs: list[Value]) -> list[Value]:
-    weight = inputs[1].value
-    bias = inputs[2].value if len(inputs) > 2 and inputs[2] is not None else None
-    if bias is not None:
-        bias = bias.reshape(-1, *([1] * (weight.ndim - 2)))  # broadcast over [N, O, *spatial]
-    attrs = dict(node.attrs)
-    return [
-        split_linear(
-            em,
-            inputs[0],
-            weight,
-            lambda x, w: em.one("ConvTranspose", [x, w], attrs),
-            bias,
-            original=node.outputs[0],
-        )
-    ]
+    return [split_convolution(em, node, inputs)]
