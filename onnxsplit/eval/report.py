@@ -472,6 +472,24 @@ def self_model_info(paths: dict[str, Path]) -> list[str]:
     return lines
 
 
+SELF_CERTIFIED = """\
+### What is certified (docs/certified.md)
+
+Only a difference-of-monotone model's maps come with a proof. Where g and h are monotone and
+convex in the doubled input (a DC-trained model, or the raw split of a shallow ReLU net), one
+backward pass gives per-feature bounds D_k and U_k such that deleting any set S of features
+towards the reference moves f_k by at least −D_k(S) and at most +U_k(S); `onnxsplit certify`
+reports the largest deletion certified to keep the prediction (property test: 212,184 bound
+checks over 520 models, 0 violations). The DC MLP trained with the margin objective keeps its
+class provably for 97.5 % of the test digits when their 50 % lowest-D pixels are deleted (0.8 %
+for the plain DC MLP), at −0.5 points of accuracy (98.6 → 98.1 %); the DC CNN reaches 9 % at
+−3.4 points. Post-hoc maps of an unconstrained network (Grad-CAM, LRP, SplitLRP on the
+normalized split) certify nothing: no value of theirs bounds the change of f under a deletion;
+on the raw split of the digits CNN the bound holds but is vacuous (median slack ≈ 1.2e3 logit
+units against logits ≈ 7).
+"""
+
+
 SELF_READING = """\
 **Why the models are trained on the grids.** Both CNNs are fully convolutional with global
 average pooling, so they would accept a 16×16 grid after training on single 8×8 digits, but
@@ -580,6 +598,7 @@ def _self_runs(args, methods: list[str], cheap: dict) -> str:
             "",
             SELF_READING,
             "",
+            SELF_CERTIFIED,
         ]
     )
 
