@@ -297,8 +297,8 @@ def split_graph(
     public = [(logits, "logits"), (g, "g"), (h, "h"), (x_pos, X_POS), (x_neg, X_NEG)]
     for name, (eg, eh) in exposed.items():
         public += [(eg, f"{name}__g"), (eh, f"{name}__h")]
+    positive = [t for t in all_tensors(graph) if t.name in em.positive]  # before renaming
     claim_names(graph, public, em.taken)
-    positive = [t for t in all_tensors(graph) if t.name in em.positive]
     return SplitGraph(
         graph,
         seed.name,
