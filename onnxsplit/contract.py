@@ -58,6 +58,7 @@ def map_output(method: str) -> str:
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's metadata_props as a dict."""
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -189,6 +190,8 @@ class Interface:
         declared batch (the last one padded) when the model has a fixed batch. Checks the input
         and the targets first and the logits after: one clear error, never a map of zeros."""
         x = self.check_input(x, source)
+        if len(x) == 0:
+            raise OnnxSplitError(f"{source} holds no sample (its batch axis is empty)")
         targets = self.targets(target, len(x))
         self.check_targets(targets)
         names = list(outputs or self.outputs)
