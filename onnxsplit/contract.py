@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxsplit.emit import metadata  # noqa: F401 (the contract's reader of metadata_props)
 from onnxsplit.errors import OnnxSplitError
 
 TARGET = "target"
@@ -55,11 +56,6 @@ META_REFERENCE = "onnxsplit.reference"
 def map_output(method: str) -> str:
     """The output name of a method's map."""
     return MAP_PREFIX + method
-
-
-def metadata(model: onnx.ModelProto) -> dict[str, str]:
-    """The model's metadata_props as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
 
 
 # -- building (compile time) ---------------------------------------------------------------

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxsplit.attribution.methods import detect_layout
+from onnxsplit.attribution.context import cam_candidates, detect_layout
 from onnxsplit.canonicalize import canonicalize
-from onnxsplit.ops import RECTIFIERS
 from onnxsplit.split.driver import choose_input, find_problems
 from onnxsplit.split.registry import RULES
 
@@ -55,17 +54,15 @@ def _dims(value) -> list:
 
 
 def spatial_layers(canonical) -> list[tuple[str, str, list]]:
-    """Rectifier outputs of the input's rank (the CAM candidates the compiler picks from,
-    attribution.methods.default_target_layer), in graph order."""
+    """The CAM candidates the compiler picks from (attribution.context.cam_candidates), in
+    graph order."""
     inputs = canonical.graph.inputs
-    rank = len(inputs[0].shape) if inputs and inputs[0].shape is not None else 4
-    layers = []
-    for node in canonical.graph.nodes:
-        out = node.outputs[0] if node.outputs else None
-        if node.op in RECTIFIERS and out is not None and out.shape is not None:
-            if len(out.shape) == rank >= 3:
-                layers.append((out.name, node.op, _dims(out)))
-    return layers
+    if not inputs:
+        return []
+    return [
+        (n.outputs[0].name, n.op, _dims(n.outputs[0]))
+        for n in cam_candidates(canonical.graph, inputs[0])
+    ]
 
 
 def inspect(model: onnx.ModelProto) -> Inspection:

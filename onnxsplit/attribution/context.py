@@ -65,31 +65,42 @@ def detect_layout(graph: gs.Graph, data: gs.Tensor) -> Layout:
     return nchw
 
 
+def cam_candidates(
+    graph: gs.Graph, data: gs.Tensor, logits: gs.Tensor | None = None
+) -> list[gs.Node]:
+    """Rectifier nodes whose output has the input's rank (>= 3: [N, C, L], [N, C, H, W],
+    [N, C, D, H, W]; an NHWC image's layers are NCHW inside), in graph order; with `logits`,
+    only those between the input and the logits. Empty for inputs without spatial axes."""
+    rank = len(data.shape) if data.shape is not None else 4
+    if rank < 3:
+        return []
+    graph.toposort()
+    on_path = _descendants(data) & _ancestors(logits) if logits is not None else None
+    found = []
+    for node in graph.nodes:
+        out = node.outputs[0] if node.outputs else None
+        if node.op not in RECTIFIERS or out is None or out.shape is None:
+            continue
+        if len(out.shape) == rank and (on_path is None or out.name in on_path):
+            found.append(node)
+    return found
+
+
 def default_target_layer(graph: gs.Graph, data: gs.Tensor, logits: gs.Tensor) -> str:
-    """The last rectifier output between the input and the logits whose rank is the input's
-    (>= 3: [N, C, L], [N, C, H, W], [N, C, D, H, W]; an NHWC image's layers are NCHW inside)."""
+    """The last of the `cam_candidates` between the input and the logits."""
     rank = len(data.shape) if data.shape is not None else 4
     if rank < 3:
         raise OnnxSplitError(
             "class activation maps need an input with spatial axes ([N, C, L], [N, C, H, W], "
             f"[N, C, D, H, W]); input '{data.name}' has shape {data.shape}"
         )
-    graph.toposort()
-    below = _descendants(data)
-    above = _ancestors(logits)
-    last = None
-    for node in graph.nodes:
-        if node.op not in RECTIFIERS:
-            continue
-        out = node.outputs[0]
-        if out.shape is not None and len(out.shape) == rank and out.name in below & above:
-            last = out.name
-    if last is None:
+    candidates = cam_candidates(graph, data, logits)
+    if not candidates:
         raise OnnxSplitError(
             f"the model has no rank-{rank} rectifier output for a class activation map; "
             "pass --target-layer NAME (`onnxsplit inspect MODEL` lists candidates)"
         )
-    return last
+    return candidates[-1].outputs[0].name
 
 
 def _descendants(tensor: gs.Tensor) -> set[str]:
