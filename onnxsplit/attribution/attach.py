@@ -170,7 +170,7 @@ def attach_methods(
         META_HEAD: head,
     }
     for method in resolved:  # a method's own keys (the certificate's reference)
-        meta.update(method.metadata(ctx) if hasattr(method, "metadata") else {})
+        meta.update(method.metadata(ctx))
     compiled = to_model(graph, canonical.opset, meta)
     if per_sample is True or (per_sample == "auto" and worth_scanning(compiled, model)):
         return scan_over_batch(compiled)

@@ -45,6 +45,10 @@ class AttributionMethod:
     def describe(self) -> str:
         return (self.__doc__ or self.name).strip().splitlines()[0]
 
+    def metadata(self, ctx: AttributionContext) -> dict[str, str]:
+        """Keys of the method's own in the compiled model's metadata (none by default)."""
+        return {}
+
 
 def method_list(values: str | Sequence[str]) -> list[str]:
     """Method names from a comma list or several (`"a,b"`, `["a,b", "c"]`), duplicates dropped
