@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxsplit.contract import Interface, map_output
+from onnxsplit.contract import LOGITS, Interface, map_output
 from onnxsplit.load import load_model
 from onnxsplit.runtime import make_session, per_sample_for, provider_used
 
@@ -68,6 +68,6 @@ class Explainer:
     def __call__(
         self, x: np.ndarray, target: int | Sequence[int] | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        names = ["logits"] + [map_output(m) for m in self.methods]
+        names = [LOGITS] + [map_output(m) for m in self.methods]
         outputs = self.interface.run(self.session, np.asarray(x), target, names)
         return outputs[0], dict(zip(self.methods, outputs[1:], strict=True))

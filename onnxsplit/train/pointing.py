@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from onnxsplit.contract import TARGET
 from onnxsplit.runtime import make_session
 
 TILE = 8
@@ -90,7 +91,7 @@ def run_maps(
     for i in range(0, len(images), batch_size):
         values = session.run(
             outputs,
-            {input_name: images[i : i + batch_size], "target": targets[i : i + batch_size]},
+            {input_name: images[i : i + batch_size], TARGET: targets[i : i + batch_size]},
         )
         for name, value in zip(outputs, values, strict=True):
             results[name].append(value)
