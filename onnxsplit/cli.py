@@ -507,9 +507,48 @@ def export_web(
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--limit", default=None, type=int, help="Use at most this many samples.")
 @device_option()
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: actors on a Ray cluster (pip install 'onnxsplit[ray]').",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="The Ray cluster to join (e.g. ray://head:10001 or auto); default: a local one.",
+)
+@click.option(
+    "--workers", default=None, type=int, help="Ray actors (default: one per GPU, else per CPU)."
+)
+@click.option(
+    "--shard-size",
+    default=32,
+    show_default=True,
+    type=int,
+    help="Samples per unit of work; each finished unit is kept in OUT/shards.",
+)
 @user_errors
-def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limit, device):
-    """Score every method with Quantus metrics; write results.csv/.md and ranks.png."""
+def evaluate(
+    model_path,
+    methods,
+    metrics,
+    data,
+    out_dir,
+    seed,
+    batch_size,
+    limit,
+    device,
+    engine,
+    address,
+    workers,
+    shard_size,
+):
+    """Score every method with Quantus metrics; write results.csv/.md and ranks.png.
+
+    Each finished shard is kept in OUT/shards: rerunning the same command after Ctrl-C or a
+    crash resumes where it stopped."""
     from onnxsplit import extras
     from onnxsplit.progress import bar
 
@@ -546,13 +585,27 @@ def evaluate(model_path, methods, metrics, data, out_dir, seed, batch_size, limi
                 limit=limit,
                 device=device,
                 progress=progress,
+                engine=engine,
+                address=address,
+                workers=workers,
+                shard_size=shard_size,
             )
         except ImportError as exc:
             found = extras.from_import_error(exc, "onnxsplit evaluate")
             if found is None:
                 raise
             raise found from None
-    click.echo(f"provider: {result.provider}   samples: {result.n_samples}")
+        except KeyboardInterrupt:
+            click.echo(
+                f"interrupted; the finished shards are kept in {out_dir / 'shards'}: rerun the "
+                "same command to resume",
+                err=True,
+            )
+            sys.exit(130)
+    click.echo(
+        f"provider: {result.provider}   samples: {result.n_samples}   engine: {result.engine} "
+        f"({result.workers} worker{'s' * (result.workers > 1)})   {result.seconds:.0f} s"
+    )
     click.echo(f"wrote {out_dir / 'results.md'}, results.csv and ranks.png")
 
 

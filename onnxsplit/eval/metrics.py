@@ -466,7 +466,6 @@ METRIC_NAMES = (
     "completeness_gap",
     "input_invariance",
     "non_sensitivity",
-    # appended (not in the default set): the per-metric seeds of the others stay the same
     "pixel_flipping_norm",
     "region_perturbation_norm",
 )
@@ -597,12 +596,20 @@ def run_metric(
     s: np.ndarray | None,
     batch_size: int,
     softmax: bool | None = None,
+    seed: int | None = None,
 ) -> np.ndarray:
-    """Per-sample scores of one metric for one method (float64 [N], NaN where undefined)."""
+    """Per-sample scores of one metric for one method (float64 [N], NaN where undefined).
+
+    Quantus draws from numpy's and torch's global generators; both are seeded with `seed`
+    (default: from the run's seed and the metric's name, onnxsplit.eval.shards.unit_seed)."""
     import torch
 
-    metric = spec.build(ctx)
-    seed = (ctx.seed * 1009 + METRIC_NAMES.index(spec.name)) % (2**32)
+    from onnxsplit.eval.shards import unit_seed
+
+    with contextlib.redirect_stdout(io.StringIO()):  # Quantus prints warnings when built
+        metric = spec.build(ctx)
+    if seed is None:
+        seed = unit_seed(ctx.seed, spec.name, 0)
     state = np.random.get_state()  # Quantus draws from the global generators
     np.random.seed(seed)
     quiet = contextlib.redirect_stdout(io.StringIO())  # Quantus prints some warnings

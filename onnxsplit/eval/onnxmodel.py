@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -133,13 +134,20 @@ class CompiledModels:
         cache_dir: Path | None = None,
         target_layer: str | None = None,
         keep: int = 6,
+        threads: int | None = None,
+        keep_compiled: int = 8,
     ):
         self.device = device
         self.cache_dir = cache_dir
         self.target_layer = target_layer
         self.keep = keep
+        self.threads = threads  # onnxruntime intra-op threads (None: all cores)
+        self.keep_compiled = keep_compiled
         self.persistent: set[str] = set()  # model hashes whose compiled files go to disk
         self._sessions: OrderedDict[tuple[str, str], object] = OrderedDict()
+        # compiled bytes of modified weights (MPRT's randomised and the shifted models), kept
+        # in memory so that the next shard of samples does not compile them again
+        self._compiled_bytes: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.compiles = 0
         self.provider = "CPUExecutionProvider"
 
@@ -153,7 +161,7 @@ class CompiledModels:
             data = model.SerializeToString()
         else:
             data = self._compiled(model, key, method)
-        session = make_session(data, self.device)
+        session = make_session(data, self.device, self.threads)
         self.provider = provider_used(session)
         self._sessions[slot] = session
         while len(self._sessions) > self.keep:
@@ -182,6 +190,9 @@ class CompiledModels:
             path = self.cache_dir / f"{key}-{method}-{tag}.onnx"
             if path.is_file():
                 return path.read_bytes()
+        elif (key, method) in self._compiled_bytes:
+            self._compiled_bytes.move_to_end((key, method))
+            return self._compiled_bytes[key, method]
         self.compiles += 1
         if method == "self":  # a DC-trained model's own maps
             from onnxsplit.train.explain import explain_trained
@@ -200,9 +211,13 @@ class CompiledModels:
             ).SerializeToString()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{zlib.crc32(data)}")
+            tmp = path.with_suffix(f".tmp{os.getpid()}-{zlib.crc32(data)}")
             tmp.write_bytes(data)
             tmp.replace(path)
+        else:
+            self._compiled_bytes[key, method] = data
+            while len(self._compiled_bytes) > self.keep_compiled:
+                self._compiled_bytes.popitem(last=False)
         return data
 
 

@@ -1,0 +1,135 @@
+"""The evaluation engines (issue 17): serial = Ray, resume after a partial run, a killed worker."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("quantus") is None:  # see docs/evaluate.md for the install
+    pytest.skip("the evaluation needs quantus", allow_module_level=True)
+
+from onnxsplit.errors import OnnxSplitError  # noqa: E402
+from onnxsplit.eval.harness import evaluate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "sample_models" / "digits_cnn_op17_legacy.onnx"
+METHODS = ["gradient", "splitlrp", "random"]
+METRICS = [
+    "pixel_flipping",
+    "faithfulness_correlation",
+    "max_sensitivity",
+    "pointing_game",
+    "mprt",
+    "input_invariance",
+    "sparseness",
+]
+CHEAP = dict(limit=12, steps=4, nr_runs=3, nr_samples=2, mprt_stages=2, shard_size=4)
+
+
+def run(out: Path, cache: Path, **kwargs):
+    return evaluate(DIGITS, METHODS, METRICS, "digits", out, cache_dir=cache, **{**CHEAP, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("serial")
+    result = run(out, cache)
+    assert not result.errors, result.errors
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def scores(out: Path) -> str:
+    return (out / "scores.csv").read_text()
+
+
+def test_ray_equals_serial(serial, ray_cluster, cache, tmp_path) -> None:
+    result = run(tmp_path, cache, engine="ray")
+    assert result.engine == "ray" and result.workers == 2
+    assert scores(tmp_path) == scores(serial)
+    workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "shards").glob("*/*.json")}
+    assert len(workers) == 2  # both actors took units
+
+
+def _busy_worker() -> int | None:
+    """The pid of an EvaluationWorker actor in the middle of a unit (Ray titles it .run)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if title.startswith(b"ray::EvaluationWorker.run"):
+                return int(entry.name)
+    return None
+
+
+def test_killed_worker_is_redone(serial, ray_cluster, cache, tmp_path) -> None:
+    killed: list[int] = []
+
+    def progress(step: int, total: int, message: str) -> None:
+        if step >= 1 and not killed:
+            pid = _busy_worker()
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    result = run(tmp_path, cache, engine="ray", progress=progress, shard_size=2)
+    assert killed, "no actor was busy to kill"
+    assert not result.errors, result.errors
+    assert not Path(f"/proc/{killed[0]}").exists()  # it died; Ray restarted it and redid the unit
+    # shard size 2 gives other per-sample seeds than the serial run's 4: compare with its own
+    reference = run(tmp_path / "serial2", cache, shard_size=2)
+    assert not reference.errors
+    assert scores(tmp_path) == scores(tmp_path / "serial2")
+
+
+def test_interrupted_run_resumes(serial, cache, tmp_path) -> None:
+    def interrupt(step: int, total: int, message: str) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, cache, progress=interrupt)
+    kept = sorted((tmp_path / "shards").glob("*/*.json"))
+    assert len(kept) == 4 and not (tmp_path / "scores.csv").exists()
+    seen: list[str] = []
+    run(tmp_path, cache, progress=lambda step, total, message: seen.append(message))
+    assert seen[0] == "4 of 9 shards already done"
+    assert len(seen) == 1 + 5  # the start, then only the five missing units
+    assert scores(tmp_path) == scores(serial)
+
+
+def test_other_settings_are_refused(serial, cache) -> None:
+    with pytest.raises(OnnxSplitError, match="seed differ"):
+        run(serial, cache, seed=1)
+
+
+def test_metric_seed_does_not_depend_on_the_list(serial, cache, tmp_path) -> None:
+    alone = evaluate(
+        DIGITS, ["gradient"], ["max_sensitivity"], "digits", tmp_path, cache_dir=cache, **CHEAP
+    )
+    values = [r["score"] for r in alone.scores]
+    lines = [
+        line.split(",")
+        for line in scores(serial).splitlines()[1:]
+        if ",gradient,robustness,max_sensitivity," in line
+    ]
+    assert values == [float(parts[-1]) for parts in lines]
