@@ -3,14 +3,17 @@
 One compiled model per method (``attach_methods``; cached on disk by model hash under
 ``<ONNXSPLIT_CACHE or ~/.cache/onnxsplit>/eval``), one map per sample and method, then each
 metric scores the maps (re-explaining through the compiled graph where the metric perturbs the
-input or the weights). Writes ``results.csv`` (mean ± standard error per method × metric, with
-ranks), ``scores.csv`` (every per-sample score), ``results.md`` and ``ranks.png`` into
-``out_dir``. Every random draw is seeded from ``seed``: the same call gives the same tables.
+input or the weights). Writes ``results.csv`` (mean, standard error and 95 % bootstrap CI per
+method × metric, with ranks), ``scores.csv`` (every per-sample score), ``results.md`` (with the
+paired verdicts of onnxsplit.eval.stats) and ``ranks.png`` into ``out_dir``, and keeps every
+finished unit in ``out_dir/shards`` (onnxsplit.eval.shards). Every random draw is seeded from
+``seed``, the metric's name and the shard: the same call gives the same tables, on either engine.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from onnxsplit.eval.metrics import (
 )
 from onnxsplit.eval.onnxmodel import CompiledModels, OnnxClassifier, check_method, model_hash
 from onnxsplit.eval.shards import ShardStore, Unit, plan_units
+from onnxsplit.eval.stats import mean_ci
 from onnxsplit.eval.worker import WorkerSettings
 
 Progress = Callable[[int, int, str], None]
@@ -349,8 +353,9 @@ def _target_notes(logits: np.ndarray, y: np.ndarray, grid: bool) -> list[str]:
 def summarise(
     scores: list[dict], methods: list[str], metrics: list[str]
 ) -> tuple[list[dict], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Mean ± standard error per method × metric, each method's rank per metric (1 = best,
-    ties share the mean rank, NaN last) and per category (the rank of the mean metric rank)."""
+    """Mean, standard error and 95 % bootstrap CI per method × metric, each method's rank per
+    metric (1 = best, ties share the mean rank, NaN last) and per category (the rank of the
+    mean metric rank)."""
     specs = metric_specs()
     table: dict[tuple[str, str], np.ndarray] = {}
     for method in methods:
@@ -365,7 +370,7 @@ def summarise(
         for method in methods:
             v = table[method, metric]
             finite = v[np.isfinite(v)]
-            mean = float(finite.mean()) if finite.size else float("nan")
+            mean, low, high = mean_ci(finite, seed=zlib.crc32(f"{method}/{metric}".encode()))
             se = float(finite.std(ddof=1) / np.sqrt(finite.size)) if finite.size > 1 else 0.0
             means.append(mean)
             rows.append(
@@ -376,6 +381,8 @@ def summarise(
                     "n": int(finite.size),
                     "mean": mean,
                     "se": se if finite.size else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
                     "higher_is_better": spec.higher_is_better,
                 }
             )

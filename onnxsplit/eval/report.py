@@ -40,6 +40,8 @@ ROW_FIELDS = (
     "n",
     "mean",
     "se",
+    "ci_low",
+    "ci_high",
     "higher_is_better",
     "metric_rank",
     "category_rank",
@@ -69,7 +71,7 @@ def write_result(result, out_dir: Path) -> dict[str, Path]:
         writer.writeheader()
         for row in result.rows:
             out = {"model": result.model, "dataset": result.dataset, **row}
-            for key in ("mean", "se"):
+            for key in ("mean", "se", "ci_low", "ci_high"):
                 out[key] = repr(float(out[key]))
             writer.writerow({k: out[k] for k in ROW_FIELDS})
     with open(files["scores.csv"], "w", newline="", encoding="utf-8") as handle:
@@ -85,7 +87,13 @@ def write_result(result, out_dir: Path) -> dict[str, Path]:
         key: getattr(result, key)
         for key in ("model", "dataset", "methods", "metrics", "n_samples", "seed", "provider")
     }
-    meta.update(notes=result.notes, errors=result.errors, seconds=result.seconds)
+    meta.update(
+        notes=result.notes,
+        errors=result.errors,
+        seconds=result.seconds,
+        engine=result.engine,
+        workers=result.workers,
+    )
     files["meta.json"] = out_dir / "meta.json"
     files["meta.json"].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     files["results.md"].write_text(
@@ -130,17 +138,21 @@ def load_result(out_dir: Path):
         notes=meta["notes"],
         seconds=meta["seconds"],
         out_dir=out_dir,
+        engine=meta.get("engine", "local"),
+        workers=meta.get("workers", 1),
     )
 
 
 def markdown_section(result, level: int = 2) -> str:
-    """Rank summary, split-method summary and per-category tables (mean ± standard error)."""
+    """Rank summary, paired verdicts of the split methods and per-category tables (mean with
+    its 95 % bootstrap CI)."""
     h = "#" * level
     specs = metric_specs()
+    workers = f"{result.workers} worker{'s' * (result.workers > 1)}"
     lines = [
         f"Model `{result.model}`, dataset `{result.dataset}`: {result.n_samples} samples, seed "
-        f"{result.seed}, {len(result.methods)} methods, provider {result.provider}, "
-        f"{result.seconds / 60:.1f} min.",
+        f"{result.seed}, {len(result.methods)} methods, provider {result.provider}, engine "
+        f"{result.engine} ({workers}), {result.seconds / 60:.1f} min.",
         "",
     ]
     lines += [f"- {note}" for note in result.notes]
@@ -156,9 +168,10 @@ def markdown_section(result, level: int = 2) -> str:
         overall = np.mean([result.category_ranks[c][method] for c in categories])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {overall:.2f} |")
     lines.append("")
-    split_lines = split_summary(result)
-    if split_lines:
-        lines += [f"{h} Where the split methods rank", "", *split_lines, ""]
+    verdict_lines = verdict_section(result)
+    if verdict_lines:
+        lines += [f"{h} Split methods against the best baseline (paired per sample)", ""]
+        lines += [*verdict_lines, ""]
     for category in categories:
         metrics = [m for m in result.metrics if specs[m].category == category]
         lines += [f"{h} {category.capitalize()}", ""]
@@ -177,7 +190,8 @@ def markdown_section(result, level: int = 2) -> str:
             cells = []
             for m in metrics:
                 row = _row(result, method, m)
-                text = f"{_fmt(row['mean'])} ± {_fmt(row['se'], 2)}"
+                low, high = row.get("ci_low", math.nan), row.get("ci_high", math.nan)
+                text = f"{_fmt(row['mean'])} [{_fmt(low, 2)}, {_fmt(high, 2)}]"
                 cells.append(f"**{text}**" if method in best[m] else text)
             rank = result.category_ranks[category][method]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {rank:.0f} |")
@@ -203,37 +217,85 @@ def is_control(method: str) -> bool:
     return method == "random" or method.endswith("@other")
 
 
-def split_summary(result) -> list[str]:
-    """One line per split method (see is_split) and category: its rank, and how far it is
-    from the best baseline (neither a split method nor a control) in mean metric rank and on
-    each metric."""
+def result_verdicts(result) -> list:
+    """onnxsplit.eval.stats.verdicts of every split method (is_split) against each metric's
+    best baseline (neither a split method nor a control), per-sample scores paired by sample."""
+    from onnxsplit.eval.stats import verdicts
+
     specs = metric_specs()
-    lines = []
-    n = len(result.methods)
     baselines = [m for m in result.methods if not is_split(m) and not is_control(m)]
-    if not baselines:
-        return lines
-    for method in [m for m in result.methods if is_split(m)]:
-        for category, ranks in result.category_ranks.items():
-            mean = result.mean_category_rank[category]
-            best = min(baselines, key=lambda m: (mean[m], result.methods.index(m)))
-            gap = mean[method] - mean[best]
-            if abs(gap) < 1e-9:
-                where = f"tied with the best baseline, {best}"
-            elif gap < 0:
-                where = f"ahead of the best baseline, {best}, by {-gap:.1f} mean ranks"
-            else:
-                where = f"behind the best baseline, {best}, by {gap:.1f} mean ranks"
-            values = []
-            for metric in [m for m in result.metrics if specs[m].category == category]:
-                mine, other = _row(result, method, metric), _row(result, best, metric)
-                values.append(f"{metric} {_fmt(mine['mean'])} vs {_fmt(other['mean'])}")
-            lines.append(
-                f"- {method}, {category}: rank {ranks[method]:.0f} of {n}, {where} ("
-                + "; ".join(values)
-                + ")"
-            )
+    splits = [m for m in result.methods if is_split(m)]
+    if not baselines or not splits:
+        return []
+    by_key: dict[tuple[str, str], dict[str, float]] = {}
+    for row in result.scores:
+        by_key.setdefault((row["method"], row["metric"]), {})[row["sample"]] = row["score"]
+    samples = list(dict.fromkeys(row["sample"] for row in result.scores))
+    table = {
+        (method, metric): np.asarray(
+            [by_key.get((method, metric), {}).get(k, np.nan) for k in samples], np.float64
+        )
+        for method in [*baselines, *splits]
+        for metric in result.metrics
+    }
+    return verdicts(
+        table,
+        splits,
+        baselines,
+        list(result.metrics),
+        {m: specs[m].category for m in result.metrics},
+        {m: specs[m].higher_is_better for m in result.metrics},
+        seed=result.seed,
+    )
+
+
+def verdict_section(result) -> list[str]:
+    """Per split method and category: win / tie / loss; then one row per metric."""
+    from onnxsplit.eval.stats import ALPHA, category_verdict
+
+    found = result_verdicts(result)
+    if not found:
+        return []
+    lines = [
+        f"Each split method against the best baseline of each metric (the baseline with the "
+        f"best mean), paired per sample: the mean difference with its 95 % bootstrap CI and the "
+        f"two-sided Wilcoxon signed-rank test, Holm-corrected over the category's metrics; "
+        f"win / loss where p < {ALPHA} (in the metric's better / worse direction), tie "
+        f"otherwise. A category is a win when it has a win and no loss, mixed when it has both.",
+        "",
+    ]
+    categories = list(dict.fromkeys(v.category for v in found))
+    splits = list(dict.fromkeys(v.method for v in found))
+    lines.append("| method | " + " | ".join(categories) + " |")
+    lines.append("|---|" + "---|" * len(categories))
+    for method in splits:
+        cells = []
+        for category in categories:
+            mine = [v.verdict for v in found if v.method == method and v.category == category]
+            counts = "/".join(str(mine.count(k)) for k in ("win", "tie", "loss"))
+            cells.append(f"**{category_verdict(mine)}** ({counts})" if mine else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "(win/tie/loss counts of the category's metrics in brackets)",
+        "",
+        "| method | metric | best baseline | split − baseline [95 % CI] | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in found:
+        c = v.comparison
+        arrow = "↑" if metric_specs()[v.metric].higher_is_better else "↓"
+        lines.append(
+            f"| {v.method} | {v.metric} {arrow} | {v.baseline} | {_fmt(c.delta)} "
+            f"[{_fmt(c.low, 2)}, {_fmt(c.high, 2)}] | {_fmt_p(v.p_holm)} | {v.verdict} |"
+        )
     return lines
+
+
+def _fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.0e}"
 
 
 def plot_ranks(results: list, path: Path) -> None:
@@ -277,11 +339,13 @@ def docs_markdown(results: list, command: str, figure: str) -> str:
         "# Attribution quality: Quantus metrics per category",
         "",
         "Generated by `" + command + "` (do not edit by hand; see docs/evaluate.md).",
-        "Every number is the mean ± standard error over the samples; ↑ higher is better, "
-        "↓ lower is better; bold = best in the column. A method's category rank is the rank "
-        "of its mean rank over the category's metrics (in brackets). `random` is a control: "
-        "a seeded uniform-noise map. With few samples the standard errors are wide: read a "
-        "difference smaller than the two standard errors as a tie.",
+        "Every number is the mean over the samples with its 95 % bootstrap confidence "
+        "interval in brackets; ↑ higher is better, ↓ lower is better; bold = best mean in "
+        "the column. A method's category rank is the rank of its mean rank over the "
+        "category's metrics (in brackets). `random` is a control: a seeded uniform-noise map. "
+        "Ranks order means; whether a split method beats a baseline is decided by the paired "
+        "tests of each run's verdict table (Wilcoxon signed-rank over the same samples, "
+        "Holm-corrected per category).",
         "",
         f"![ranks per category]({figure})",
         "",
