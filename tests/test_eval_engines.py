@@ -51,7 +51,14 @@ def serial(tmp_path_factory, cache):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # every argument through the object store (Ray inlines small ones): an actor that Ray
+    # restarts must find its constructor argument there again
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"max_direct_call_object_size": 1024},
+    )
     yield ray
     ray.shutdown()
 
@@ -68,15 +75,31 @@ def test_ray_equals_serial(serial, ray_cluster, cache, tmp_path) -> None:
     assert len(workers) == 2  # both actors took units
 
 
+def _descends_from_us(pid: int) -> bool:
+    """Whether process `pid` was started (through Ray's raylet) by this test process."""
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def _busy_worker() -> int | None:
-    """The pid of an EvaluationWorker actor in the middle of a unit (Ray titles it .run)."""
+    """The pid of one of our EvaluationWorker actors in the middle of a unit (Ray titles it
+    .run); never another Ray cluster's on the same machine."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if title.startswith(b"ray::EvaluationWorker.run"):
+            if title.startswith(b"ray::EvaluationWorker.run") and _descends_from_us(
+                int(entry.name)
+            ):
                 return int(entry.name)
     return None
 
