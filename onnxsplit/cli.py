@@ -20,6 +20,29 @@ def device_option(help: str | None = None):
     )
 
 
+def engine_options(command):
+    """--engine local|ray, --address and --workers, the same in explain and evaluate."""
+    command = click.option(
+        "--workers",
+        default=None,
+        type=click.IntRange(min=1),
+        help="Ray actors (default: one per GPU of the cluster, else one per CPU).",
+    )(command)
+    command = click.option(
+        "--address",
+        default=None,
+        help="The Ray cluster to join (auto, or HOST:PORT of its head); default: a new local one.",
+    )(command)
+    return click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: this process; ray: actors on a Ray cluster (pip install "
+        "'onnxsplit[ray]', docs/evaluate.md).",
+    )(command)
+
+
 def _report(exc: OnnxSplitError):
     click.echo(f"error: {exc}", err=True)
     sys.exit(exc.exit_code)
@@ -318,6 +341,7 @@ def ops(markdown):
     help="Only the methods' maps: no for/against component maps (SplitLRP and SplitGrad "
     "then need one backward pass instead of two).",
 )
+@engine_options
 @user_errors
 def explain(
     model,
@@ -335,6 +359,9 @@ def explain(
     report,
     figures,
     maps_only,
+    engine,
+    address,
+    workers,
 ):
     """Write saliency maps of MODEL (an .onnx file or a zoo model such as efficientnet_lite0)
     for images, folders or .npy arrays (INPUTS): per input and method <input>_<method>.png
@@ -375,10 +402,13 @@ def explain(
             figures=figures,
             report=report,
             warn=lambda message: click.echo(f"warning: {message}", err=True),
+            engine=engine,
+            address=address,
+            workers=workers,
         )
     source = "cache" if run.from_cache else "compiled now"
     click.echo(f"model: {run.model} ({source})")
-    click.echo(f"provider: {run.provider}")
+    click.echo(f"provider: {run.provider}" + (f"   engine: {engine}" if engine != "local" else ""))
     if run.preprocess is not None:
         from onnxsplit.explain.preprocess import describe
 
@@ -507,21 +537,7 @@ def export_web(
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--limit", default=None, type=int, help="Use at most this many samples.")
 @device_option()
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: this process; ray: actors on a Ray cluster (pip install 'onnxsplit[ray]').",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="The Ray cluster to join (e.g. ray://head:10001 or auto); default: a local one.",
-)
-@click.option(
-    "--workers", default=None, type=int, help="Ray actors (default: one per GPU, else per CPU)."
-)
+@engine_options
 @click.option(
     "--shard-size",
     default=32,

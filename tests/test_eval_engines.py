@@ -156,3 +156,55 @@ def test_metric_seed_does_not_depend_on_the_list(serial, cache, tmp_path) -> Non
         if ",gradient,robustness,max_sensitivity," in line
     ]
     assert values == [float(parts[-1]) for parts in lines]
+
+
+# -- explain --engine ray ------------------------------------------------------------------
+def _explain(out: Path, *extra: str):
+    from click.testing import CliRunner
+
+    from onnxsplit.cli import main
+
+    samples = ROOT / "sample_models"
+    args = [
+        "explain",
+        str(DIGITS),
+        str(samples / "digit_2.png"),
+        str(samples / "digit_5.png"),
+        str(samples / "digit_6.png"),
+        str(samples / "digits_test_inputs.npy"),
+        "--method",
+        "gradcam,splitlrp",
+        "--preprocess",
+        "digits",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return CliRunner().invoke(main, args)
+
+
+def test_explain_on_ray_equals_local(ray_cluster, tmp_path) -> None:
+    import numpy as np
+
+    local = _explain(tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    on_ray = _explain(tmp_path / "ray", "--engine", "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    assert "on Ray" in on_ray.output and "engine: ray" in on_ray.output
+    maps = sorted(p.name for p in (tmp_path / "local").glob("*.npy"))
+    assert len(maps) > 20 and maps == sorted(p.name for p in (tmp_path / "ray").glob("*.npy"))
+    for name in maps:
+        assert np.array_equal(np.load(tmp_path / "local" / name), np.load(tmp_path / "ray" / name))
+    rows = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("local", "ray")]
+    keep = ("input", "output", "method", "predicted", "target")
+    assert [[{k: r[k] for k in keep} for r in rs] for rs in rows][0] == [
+        {k: r[k] for k in keep} for r in rows[1]
+    ]
+
+
+def test_explain_refuses_an_address_without_ray(tmp_path) -> None:
+    result = _explain(tmp_path / "out", "--address", "auto")
+    assert result.exit_code != 0
+    assert "--address needs --engine ray" in result.output and "Traceback" not in result.output

@@ -31,6 +31,7 @@ class AttributionMethod:
 
     name = "method"
     takes_layer = False  # built with the --target-layer (CAMs)
+    saliency = True  # a map of relevance (False: a bound, like the certificate)
 
     def prepare(self, ctx: AttributionContext) -> None:
         """Request what must exist before the graph is extended (split graphs)."""

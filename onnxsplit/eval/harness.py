@@ -151,6 +151,7 @@ def evaluate(
     address: str | None = None,
     workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    caches: bool = True,
 ) -> EvaluationResult:
     """Score `methods` (names from METHODS, map variants like 'splitcam_pos', or the controls
     'random' / '<method>@other') with `metrics` (names, categories, 'default' or 'all'; see
@@ -161,7 +162,8 @@ def evaluate(
     The work is cut into units, one method on one shard of `shard_size` samples, run by
     `engine` ('local': this process; 'ray': actors on the Ray cluster at `address`, or a local
     one). With `write`, each finished unit is kept in `out_dir`/shards at once and a rerun with
-    the same settings skips it (onnxsplit.eval.shards)."""
+    the same settings skips it (onnxsplit.eval.shards). `caches` False turns off the workers'
+    prediction cache and their in-memory compiled randomised/shifted models (to measure them)."""
     import onnx
 
     from onnxsplit.explain.runner import cache_root
@@ -271,6 +273,7 @@ def evaluate(
         cache_dir=str(cache),
         target_layer=target_layer,
         batch_size=batch_size,
+        **({} if caches else {"predict_cache_bytes": 0, "keep_compiled": 0}),
     )
     runner.run(worker_settings, pending, (x, y, s), on_done)
 

@@ -125,6 +125,45 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
     )
 
 
+class PredictionCache:
+    """Model outputs by (model hash, input content), at most `limit` bytes (least recently
+    used out first). Quantus asks for the same predictions again and again: the unperturbed
+    inputs in every faithfulness and axiomatic metric, and FaithfulnessCorrelation's random
+    subsets, which are the same for every method (they are drawn from the metric's seed)."""
+
+    def __init__(self, limit: int = 256 << 20):
+        self.limit = limit
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    @staticmethod
+    def key(model_key: str, row: np.ndarray) -> bytes:
+        digest = hashlib.blake2b(np.ascontiguousarray(row).view(np.uint8), digest_size=16)
+        digest.update(str(row.shape).encode())
+        return model_key.encode() + digest.digest()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        row = self._rows.get(key)
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._rows.move_to_end(key)
+        return row
+
+    def put(self, key: bytes, row: np.ndarray) -> None:
+        if self.limit <= 0 or key in self._rows:
+            return
+        row = np.array(row, copy=True)
+        self._rows[key] = row
+        self.size += row.nbytes
+        while self.size > self.limit and self._rows:
+            _, old = self._rows.popitem(last=False)
+            self.size -= old.nbytes
+
+
 class CompiledModels:
     """onnxruntime sessions of a classifier and of its attribution models, by content hash."""
 
@@ -136,6 +175,7 @@ class CompiledModels:
         keep: int = 6,
         threads: int | None = None,
         keep_compiled: int = 8,
+        predict_cache_bytes: int = 256 << 20,
     ):
         self.device = device
         self.cache_dir = cache_dir
@@ -149,6 +189,7 @@ class CompiledModels:
         # in memory so that the next shard of samples does not compile them again
         self._compiled_bytes: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.compiles = 0
+        self.predictions = PredictionCache(predict_cache_bytes)
         self.provider = "CPUExecutionProvider"
 
     def session(self, model: onnx.ModelProto, key: str, method: str | None):
@@ -277,13 +318,26 @@ class OnnxClassifier(torch.nn.Module):
 
     # -- forward --------------------------------------------------------------------------
     def predict_numpy(self, x_nchw: np.ndarray) -> np.ndarray:
-        session = self.runtime.session(self.proto, self.key, None)
+        """The model's outputs; inputs seen before (by content) come from the runtime's
+        PredictionCache, the others run in batches of `batch_size`."""
         x = self.to_model_layout(x_nchw)
-        out = [
-            session.run(None, {self.info.input_name: x[i : i + self.batch_size]})[0]
-            for i in range(0, len(x), self.batch_size)
-        ]
-        return np.concatenate(out).astype(np.float32)
+        cache = self.runtime.predictions
+        keys = [cache.key(self.key, row) for row in x]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            session = self.runtime.session(self.proto, self.key, None)
+            todo = x[missing]
+            out = np.concatenate(
+                [
+                    session.run(None, {self.info.input_name: todo[i : i + self.batch_size]})[0]
+                    for i in range(0, len(todo), self.batch_size)
+                ]
+            ).astype(np.float32)
+            for i, row in zip(missing, out, strict=True):
+                found[i] = row
+                cache.put(keys[i], row)
+        return np.stack(found).astype(np.float32)
 
     def forward(self, x):
         array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -31,6 +31,8 @@ class WorkerSettings:
     target_layer: str | None = None
     batch_size: int = 8
     threads: int | None = None  # onnxruntime intra-op threads; None: all cores
+    predict_cache_bytes: int = 256 << 20  # onnxmodel.PredictionCache (0: none)
+    keep_compiled: int = 8  # compiled randomised / shifted models kept in memory (0: none)
 
 
 class EvaluationWorker:
@@ -44,7 +46,12 @@ class EvaluationWorker:
         self.settings = settings
         cache = Path(settings.cache_dir) if settings.cache_dir else None
         self.runtime = CompiledModels(
-            settings.device, cache, settings.target_layer, threads=settings.threads
+            settings.device,
+            cache,
+            settings.target_layer,
+            threads=settings.threads,
+            keep_compiled=settings.keep_compiled,
+            predict_cache_bytes=settings.predict_cache_bytes,
         )
         ctx = settings.ctx
         self.classifier = OnnxClassifier(
@@ -113,4 +120,6 @@ class EvaluationWorker:
             "seconds": time.perf_counter() - started,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "provider": self.runtime.provider,
+            "compiles": self.runtime.compiles,
+            "cache_hits": self.runtime.predictions.hits,
         }

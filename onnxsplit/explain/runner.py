@@ -16,6 +16,7 @@ import onnx
 
 from onnxsplit import contract, extras
 from onnxsplit.compile_key import compiled_model_key
+from onnxsplit.distributed import ENGINES, RayCluster
 from onnxsplit.emit import metadata, save_model, write_atomic
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.explain.inputs import Item, check_labels, iterate, read_labels
@@ -280,6 +281,20 @@ def _batch_source(items: list[Item]) -> str:
     return f"the batch of inputs '{items[0].source}' ... '{items[-1].source}'"
 
 
+class SessionWorker:
+    """One onnxruntime session of a compiled model: a Ray actor of `explain --engine ray`."""
+
+    def __init__(self, model: bytes, device: str, threads: int | None):
+        self.iface = contract.Interface.of(onnx.load_from_string(model))
+        self.session = make_session(model, device, threads)
+
+    def run(self, job: tuple) -> tuple[list[np.ndarray], str]:
+        """(the outputs of one batch, the execution provider that ran them)."""
+        x, target, outputs, source = job
+        out = self.iface.run(self.session, x, target, outputs, source=source)
+        return out, provider_used(self.session)
+
+
 def explain(
     model_path: Path | str,
     inputs: list[Path],
@@ -299,6 +314,9 @@ def explain(
     figures: bool = True,
     report: bool = False,
     warn: Callable[[str], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> ExplainRun:
     """Write, for every input and method, <input>_<method>.npy (the map at the model's
     resolution), .png (the map over the photo at the photo's size) and the component maps
@@ -311,8 +329,13 @@ def explain(
     `model_path`: an .onnx file or a zoo name. `preprocess` None: the one stored in the model
     (metadata contract.META_PREPROCESS, set for zoo models), else `imagenet`; a given one that
     contradicts the stored one is used and reported through `warn`. `labels` None: the stored
-    names, else the ImageNet-1k names for a 1000-class head."""
+    names, else the ImageNet-1k names for a 1000-class head. `engine` 'ray' runs the batches on
+    Ray actors (one session each; `address` None: a local cluster), results in input order."""
     methods = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
+    if engine not in ENGINES:
+        raise OnnxSplitError(f"unknown engine '{engine}'; use one of {', '.join(ENGINES)}")
+    if address and engine != "ray":
+        raise OnnxSplitError("--address needs --engine ray")
     if batch_size < 1:
         raise OnnxSplitError("--batch-size must be at least 1")
     if out_dir.exists() and not out_dir.is_dir():
@@ -340,8 +363,8 @@ def explain(
         check_labels(names, iface.classes, _labels_source(labels))
     else:
         names, labels_source = _stored_labels(meta, iface.classes)
-    session = make_session(path, device)
-    provider = provider_used(session)
+    session = make_session(path, device) if engine == "local" else None
+    provider = provider_used(session) if session is not None else "none (no input)"
     sample_shape = tuple(iface.input_shape[1:])
     layout: InputLayout | None = None  # for images; found at the first one
     parts = {m: _parts(m, iface.outputs) if components else [] for m in methods}
@@ -364,7 +387,10 @@ def explain(
     report_rows: list = []
     written_figures: list[str] = []
     done = False
-    try:
+
+    def prepared() -> Iterator[tuple[list, list[Item], np.ndarray]]:
+        """(the batch as given, its items with arrays expanded, the model input) per batch."""
+        nonlocal layout
         for batch in batches(iterate(inputs), batch_size):
             expanded: list[Item] = []
             for item in batch:
@@ -378,11 +404,33 @@ def explain(
                         layout = model_layout(list(iface.input_shape), iface.layout)
                     x, _ = to_input(item.image, layout, preprocess)
                     arrays.append(x)
-            x = np.stack(arrays)
-            start = time.perf_counter()
-            logits, *results = iface.run(
-                session, x, target, outputs, source=_batch_source(expanded)
-            )
+            yield batch, expanded, np.stack(arrays)
+
+    def inferred() -> Iterator[tuple[list, list[Item], np.ndarray, list[np.ndarray]]]:
+        """The batches with the compiled model's outputs, in order, on the chosen engine."""
+        if engine == "local":
+            for batch, expanded, x in prepared():
+                out = iface.run(session, x, target, outputs, source=_batch_source(expanded))
+                yield batch, expanded, x, out
+            return
+        pending: list[tuple[list, list[Item], np.ndarray]] = []
+
+        def jobs():
+            for batch, expanded, x in prepared():
+                pending.append((batch, expanded, x))
+                yield (x, target, outputs, _batch_source(expanded))
+
+        results = RayCluster(address, workers).ordered_map(
+            SessionWorker, path.read_bytes(), device, jobs(), "onnxsplit explain --engine ray"
+        )
+        nonlocal provider
+        for out, used in results:
+            provider = f"{used} on Ray"
+            yield (*pending.pop(0), out)
+
+    try:
+        start = time.perf_counter()
+        for batch, expanded, x, (logits, *results) in inferred():
             elapsed = (time.perf_counter() - start) * 1000 / len(x)
             by_name = dict(zip(outputs[1:], results, strict=True))
             if names is None:
@@ -466,6 +514,7 @@ def explain(
                 del result
             if progress:
                 progress(len(batch))
+            start = time.perf_counter()
         notes = [describe_coincidence(c) for c in coincidences(gathered)] if rows else []
         for row in rows:
             row["same_as"] = _same_as(row["method"], coincidences(gathered)) if rows else ""
