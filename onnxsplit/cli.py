@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from pathlib import Path
 
@@ -605,6 +606,7 @@ def evaluate(
                 address=address,
                 workers=workers,
                 shard_size=shard_size,
+                command=shlex.join(["onnxsplit", *sys.argv[1:]]),
             )
         except ImportError as exc:
             found = extras.from_import_error(exc, "onnxsplit evaluate")

@@ -29,6 +29,25 @@ def import_ray(purpose: str):
     return ray
 
 
+def _probe(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT (or ray://HOST:PORT) where nothing listens: Ray itself
+    retries for minutes."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise OnnxSplitError(
+            f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc} (start one with "
+            "`ray start --head`, or leave out --address for a local one)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class ActorShape:
     count: int
@@ -52,6 +71,7 @@ class RayCluster:
         # store; ours are, on purpose (held for the whole run): errors only
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         if not ray.is_initialized():
+            _probe(self.address)
             try:
                 ray.init(
                     address=self.address,

@@ -208,3 +208,16 @@ def test_explain_refuses_an_address_without_ray(tmp_path) -> None:
     result = _explain(tmp_path / "out", "--address", "auto")
     assert result.exit_code != 0
     assert "--address needs --engine ray" in result.output and "Traceback" not in result.output
+
+
+def test_an_unreachable_cluster_is_one_error(tmp_path) -> None:
+    import socket
+
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _explain(tmp_path / "out", "--engine", "ray", "--address", f"127.0.0.1:{port}")
+    assert result.exit_code != 0
+    assert "cannot reach the Ray cluster at" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -31,7 +31,7 @@ from onnxsplit.eval.metrics import (
     resolve_metrics,
 )
 from onnxsplit.eval.onnxmodel import CompiledModels, OnnxClassifier, check_method, model_hash
-from onnxsplit.eval.shards import ShardStore, Unit, plan_units
+from onnxsplit.eval.shards import ShardStore, Unit, machine, plan_units
 from onnxsplit.eval.stats import mean_ci
 from onnxsplit.eval.worker import WorkerSettings
 
@@ -66,6 +66,8 @@ class EvaluationResult:
     files: dict[str, Path] = field(default_factory=dict)
     engine: str = "local"
     workers: int = 1
+    machine: str = ""
+    command: str = ""  # the command line that ran it (first invocation)
 
 
 def resolve_model(model: Path | str, preprocess: str | None = None) -> ResolvedModel:
@@ -152,6 +154,7 @@ def evaluate(
     workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     caches: bool = True,
+    command: str = "",
 ) -> EvaluationResult:
     """Score `methods` (names from METHODS, map variants like 'splitcam_pos', or the controls
     'random' / '<method>@other') with `metrics` (names, categories, 'default' or 'all'; see
@@ -275,7 +278,21 @@ def evaluate(
         batch_size=batch_size,
         **({} if caches else {"predict_cache_bytes": 0, "keep_compiled": 0}),
     )
+    this_run = time.perf_counter()
     runner.run(worker_settings, pending, (x, y, s), on_done)
+    workers_used = getattr(runner, "workers", 1) or 1
+    session = {
+        "engine": runner.name,
+        "workers": workers_used,
+        "machine": machine(),
+        "command": command,
+        "units": len(pending),
+        "seconds": time.perf_counter() - this_run,
+    }
+    sessions = [session]
+    if store is not None:
+        store.log_session(session)
+        sessions = [e for e in store.sessions() if e["units"]] or [session]
 
     scores: list[dict] = []
     errors: list[str] = []
@@ -302,7 +319,6 @@ def evaluate(
                             "score": float(value),
                         }
                     )
-    workers_used = getattr(runner, "workers", 1) or 1
     notes.append(
         f"engine {runner.name} ({workers_used} worker{'s' * (workers_used > 1)}), "
         f"{len(units)} shards of at most {shard_size} samples"
@@ -323,10 +339,13 @@ def evaluate(
         mean_category_rank=mean_ranks,
         errors=errors,
         notes=notes,
-        seconds=time.perf_counter() - started,
+        # the wall time of the invocations that computed units (a resumed run adds up)
+        seconds=sum(e["seconds"] for e in sessions) if reused else time.perf_counter() - started,
         out_dir=Path(out_dir),
-        engine=runner.name,
-        workers=workers_used,
+        engine=sessions[-1]["engine"],
+        workers=sessions[-1]["workers"],
+        machine=sessions[-1]["machine"],
+        command=sessions[0]["command"] or command,
     )
     if write:
         from onnxsplit.eval.report import write_result

@@ -2,19 +2,26 @@
 
     python -m onnxsplit.eval.report                 # docs/results.md + docs/results_ranks.png
     python -m onnxsplit.eval.report --quick         # a smoke run (few samples, cheap settings)
+    python -m onnxsplit.eval.report --engine ray    # the same on a (local) Ray cluster
 
-It evaluates every method in METHODS plus the 'random' control with the default metrics (two
-or more per Quantus category) on EfficientNet-Lite0 (2×2 grids at 224 px, 112 px per tile) and
-on the sample digits CNN (held-out test digits, ink masks), and with the localisation metrics on
-EfficientNet-Lite0 exported at 448 px (2×2 grids of 224 px tiles, the setting of FINDINGS.md);
-it writes the per-run folders (results.csv, scores.csv, results.md, ranks.png) under --work-dir.
+It evaluates every saliency method in METHODS plus the 'random' control with the default
+metrics (two or more per Quantus category) on EfficientNet-Lite0 (2×2 grids at 224 px, 112 px
+per tile; --limit samples, default 128), on the FER2013 mini-Xception (the face-grid pointing
+game, --fer-limit, default 128) and on the sample digits CNN (held-out test digits, ink masks),
+and with the localisation metrics on EfficientNet-Lite0 exported at 448 px (2×2 grids of
+224 px tiles); it writes the per-run folders (results.csv, scores.csv, results.md, ranks.png,
+shards/) under --work-dir. Every run is resumable: finished shards are reused, so rerunning
+the command after an interruption, or to regenerate the tables, computes only what is missing.
+
+Each run's section has the means with 95 % bootstrap CIs and the paired verdicts of every split
+method against each metric's best baseline (onnxsplit.eval.stats).
 
 Then the self-explaining models of issue 5 (:func:`self_explaining_section`): a DC CNN (f = g −
 h, monotone g and h) and an unconstrained CNN, both trained by ``onnxsplit train --arch cnn
 --data digits-grid`` (seeded; the models are written to --work-dir/self_explaining/ and reused
 when present), evaluated on the digit-grid pointing game (``digits-grid``) with localisation,
-faithfulness and robustness metrics: the DC model's own maps against the post-hoc methods on the
-unconstrained network, one table.
+faithfulness and robustness metrics: the DC model's own maps against post-hoc methods on the
+same DC model and on the unconstrained network, paired per tile.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ def write_result(result, out_dir: Path) -> dict[str, Path]:
         seconds=result.seconds,
         engine=result.engine,
         workers=result.workers,
+        machine=result.machine,
+        command=result.command,
     )
     files["meta.json"] = out_dir / "meta.json"
     files["meta.json"].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -140,6 +149,8 @@ def load_result(out_dir: Path):
         out_dir=out_dir,
         engine=meta.get("engine", "local"),
         workers=meta.get("workers", 1),
+        machine=meta.get("machine", ""),
+        command=meta.get("command", ""),
     )
 
 
@@ -152,9 +163,13 @@ def markdown_section(result, level: int = 2) -> str:
     lines = [
         f"Model `{result.model}`, dataset `{result.dataset}`: {result.n_samples} samples, seed "
         f"{result.seed}, {len(result.methods)} methods, provider {result.provider}, engine "
-        f"{result.engine} ({workers}), {result.seconds / 60:.1f} min.",
+        f"{result.engine} ({workers}), {result.seconds / 60:.1f} min wall"
+        + (f" on {result.machine}" if result.machine else "")
+        + ".",
         "",
     ]
+    if result.command:
+        lines += ["```", result.command, "```", ""]
     lines += [f"- {note}" for note in result.notes]
     lines += ["", f"{h} Ranks per category (1 = best; mean rank over the category's metrics)", ""]
     categories = [c for c in CATEGORIES if c in result.category_ranks]
@@ -661,6 +676,7 @@ def _self_runs(args, methods: list[str], cheap: dict) -> str:
     relu_methods = [m for m in methods if not m.startswith("self")]
     paths = {kind: self_model_path(args.work_dir, kind) for kind in ("dc", "relu")}
     runs = {}
+    commands = self_commands(args.work_dir, relu_methods)
     for kind, chosen in (("dc", SELF_DC_METHODS), ("relu", relu_methods)):
         path = paths[kind]
         folder = args.work_dir / f"{path.stem}-{SELF_DATA}"
@@ -689,13 +705,17 @@ def _self_runs(args, methods: list[str], cheap: dict) -> str:
             limit=16 if args.quick else args.self_limit,
             device=args.device,
             progress=progress,
+            engine=args.engine,
+            address=args.address,
+            workers=args.workers,
+            command=commands[2 if kind == "dc" else 3],
             **cheap,
         )
     body = self_explaining_section(
         runs["dc"],
         runs["relu"],
         {"lines": self_model_info(paths)},
-        self_commands(args.work_dir, relu_methods) + ["python -m onnxsplit.eval.report"],
+        commands + ["python -m onnxsplit.eval.report"],
     )
     return "\n".join(
         [
@@ -727,7 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/eval_results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--limit", type=int, default=8, help="EfficientNet samples")
+    parser.add_argument("--limit", type=int, default=128, help="EfficientNet samples")
+    parser.add_argument("--fer-limit", type=int, default=128, help="FER face-grid samples")
+    parser.add_argument("--skip-fer", action="store_true")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local")
+    parser.add_argument("--address", default=None, help="Ray cluster (--engine ray)")
+    parser.add_argument("--workers", type=int, default=None, help="Ray actors")
     parser.add_argument("--digits-limit", type=int, default=32, help="digit samples")
     parser.add_argument("--metrics", nargs="+", default=["default"])
     parser.add_argument("--methods", nargs="+", default=None)
@@ -766,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_digits:
         digits = root / "sample_models" / "digits_cnn_op17_legacy.onnx"
         runs.append((digits, "digits", 8 if args.quick else args.digits_limit, args.metrics))
+    if not args.skip_fer:
+        limit = 8 if args.quick else args.fer_limit
+        runs.append(("fer_mini_xception", "face-grid", limit, args.metrics))
     results = []
     for model, data, limit, metrics in runs:
         name = Path(str(model)).stem
@@ -779,24 +807,29 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.perf_counter() - started
             print(f"[{name} {step}/{total} {elapsed:6.0f}s] {message}", file=sys.stderr, flush=True)
 
+        command = (
+            f"onnxsplit evaluate --model {model} --data {data} --limit {limit} --methods "
+            f"{','.join(methods)} --metrics {','.join(metrics)} --seed {args.seed} --out {folder}"
+            + (f" --engine {args.engine}" if args.engine != "local" else "")
+        )
         results.append(
             evaluate(
                 model,
                 methods,
                 metrics,
                 data,
-                args.work_dir / f"{name}-{data}",
+                folder,
                 seed=args.seed,
                 limit=limit,
                 device=args.device,
                 progress=progress,
+                engine=args.engine,
+                address=args.address,
+                workers=args.workers,
+                command=command,
                 **cheap,
             )
         )
-    # the second real model of issue 9, evaluated by benchmarks/research_second_model.py
-    second = args.work_dir / "fer_mini_xception-fer_faces"
-    if (second / "meta.json").is_file():
-        results.append(load_result(second))
     section = None
     if not args.skip_self:
         section = _self_runs(args, methods, cheap)

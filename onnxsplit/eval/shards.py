@@ -23,6 +23,7 @@ from pathlib import Path
 from onnxsplit.errors import OnnxSplitError
 
 RUN_FILE = "run.json"
+SESSIONS_FILE = "sessions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,18 @@ class ShardStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps({"unit": asdict(unit), **payload}))
 
+    def log_session(self, entry: dict) -> None:
+        """Append one line for an invocation (engine, machine, wall seconds, units computed)."""
+        with open(self.root / SESSIONS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def sessions(self) -> list[dict]:
+        path = self.root / SESSIONS_FILE
+        if not path.is_file():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
     def read(self, unit: Unit) -> dict:
         payload = json.loads(self.path(unit).read_text(encoding="utf-8"))
         if payload.get("unit") != asdict(unit):
@@ -125,3 +138,24 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def machine() -> str:
+    """This machine in one line: CPU model, CPU count, memory."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs{memory}"
