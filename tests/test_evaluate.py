@@ -72,6 +72,14 @@ def test_outputs_written(grid_run) -> None:
         assert files[name].is_file() and files[name].stat().st_size > 0
     text = files["results.md"].read_text()
     assert "Ranks per category" in text and "splitcam" in text
+    # the paired verdict of the split method against each metric's best baseline (not random)
+    assert "Split methods against the best baseline (paired per sample)" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("| splitcam | ")]
+    assert any(" gradcam " in line or "gradcam@other" in line for line in verdicts)
+    assert not any("| random |" in line for line in verdicts)
+    rows = {(r["method"], r["metric"]): r for r in grid_run.rows}
+    for row in rows.values():  # every mean sits in its bootstrap interval
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
     ranks = grid_run.category_ranks["localisation"]
     assert ranks["random"] > min(ranks["gradcam"], ranks["splitcam"])
 
