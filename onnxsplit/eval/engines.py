@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -20,6 +21,18 @@ from onnxsplit.eval.shards import Unit
 from onnxsplit.eval.worker import EvaluationWorker, WorkerSettings
 
 OnDone = Callable[[Unit, dict], None]
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # inputs, targets, masks (or None)
+
+
+class Engine(Protocol):
+    """Runs units and hands each finished one to `on_done` as it completes."""
+
+    name: str
+    workers: int | None
+
+    def run(
+        self, settings: WorkerSettings, units: list[Unit], arrays: Arrays, on_done: OnDone
+    ) -> None: ...
 
 
 @dataclass
@@ -33,7 +46,7 @@ class LocalEngine:
         self,
         settings: WorkerSettings,
         units: list[Unit],
-        arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+        arrays: Arrays,
         on_done: OnDone,
     ) -> None:
         if not units:
@@ -56,7 +69,7 @@ class RayEngine:
         self,
         settings: WorkerSettings,
         units: list[Unit],
-        arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+        arrays: Arrays,
         on_done: OnDone,
     ) -> None:
         if not units:
@@ -107,7 +120,7 @@ class RayEngine:
             cluster.release(ray, actors)
 
 
-def make_engine(name: str, address: str | None = None, workers: int | None = None):
+def make_engine(name: str, address: str | None = None, workers: int | None = None) -> Engine:
     if name == "local":
         if address:
             raise OnnxSplitError("--address needs --engine ray")

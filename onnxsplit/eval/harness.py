@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.eval.datasets import Sample, fit_mask, load_dataset
-from onnxsplit.eval.engines import LocalEngine, RayEngine, make_engine
+from onnxsplit.eval.engines import Engine, make_engine
 from onnxsplit.eval.metrics import (
     CATEGORIES,
     CATEGORY_OF,
@@ -149,7 +149,7 @@ def evaluate(
     mprt_stages: int = 3,
     cache_dir: Path | None = None,
     write: bool = True,
-    engine: str | LocalEngine | RayEngine = "local",
+    engine: str | Engine = "local",
     address: str | None = None,
     workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
