@@ -320,9 +320,8 @@ def evaluate(
                         }
                     )
     notes.append(
-        f"engine {runner.name} ({workers_used} worker{'s' * (workers_used > 1)}), "
         f"{len(units)} shards of at most {shard_size} samples"
-        + (f", {reused} reused from an earlier run" if reused else "")
+        + (f", {reused} of them computed by an earlier invocation" if reused else "")
     )
     rows, category_ranks, mean_ranks = summarise(scores, methods, chosen)
     result = EvaluationResult(
