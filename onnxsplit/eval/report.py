@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--address", default=None, help="Ray cluster (--engine ray)")
     parser.add_argument("--workers", type=int, default=None, help="Ray actors")
-    parser.add_argument("--digits-limit", type=int, default=32, help="digit samples")
+    parser.add_argument("--digits-limit", type=int, default=128, help="digit samples")
     parser.add_argument("--metrics", nargs="+", default=["default"])
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--skip-efficientnet", action="store_true")
