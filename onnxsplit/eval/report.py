@@ -232,9 +232,15 @@ def is_control(method: str) -> bool:
     return method == "random" or method.endswith("@other")
 
 
-def result_verdicts(result) -> list:
+# each split method's own baseline: the method it refines (the issue's question, "does SplitCAM
+# explain better than Grad-CAM, SplitLRP than LRP-ε+?")
+COUNTERPART = {"splitcam": "gradcam", "splitlrp": "lrp_epsilon_plus", "splitgrad": "gradient"}
+
+
+def result_verdicts(result, counterparts: bool = False) -> list:
     """onnxsplit.eval.stats.verdicts of every split method (is_split) against each metric's
-    best baseline (neither a split method nor a control), per-sample scores paired by sample."""
+    best baseline (neither a split method nor a control), or with `counterparts` against its
+    own baseline (COUNTERPART, where the run has it); per-sample scores paired by sample."""
     from onnxsplit.eval.stats import verdicts
 
     specs = metric_specs()
@@ -253,51 +259,69 @@ def result_verdicts(result) -> list:
         for method in [*baselines, *splits]
         for metric in result.metrics
     }
-    return verdicts(
-        table,
-        splits,
-        baselines,
-        list(result.metrics),
-        {m: specs[m].category for m in result.metrics},
-        {m: specs[m].higher_is_better for m in result.metrics},
-        seed=result.seed,
-    )
+    pairs = [(splits, baselines)]
+    if counterparts:
+        pairs = [([m], [COUNTERPART[m]]) for m in splits if COUNTERPART.get(m) in baselines]
+    found = []
+    for mine, theirs in pairs:
+        found += verdicts(
+            table,
+            mine,
+            theirs,
+            list(result.metrics),
+            {m: specs[m].category for m in result.metrics},
+            {m: specs[m].higher_is_better for m in result.metrics},
+            seed=result.seed,
+        )
+    return found
+
+
+def _category_cells(found: list, method: str, categories, bold: bool = False) -> list[str]:
+    from onnxsplit.eval.stats import category_verdict
+
+    cells = []
+    for category in categories:
+        mine = [v.verdict for v in found if v.method == method and v.category == category]
+        counts = "/".join(str(mine.count(k)) for k in ("win", "tie", "loss"))
+        verdict = f"**{category_verdict(mine)}**" if bold else category_verdict(mine)
+        cells.append(f"{verdict} ({counts})" if mine else "—")
+    return cells
 
 
 def verdict_section(result) -> list[str]:
-    """Per split method and category: win / tie / loss; then one row per metric."""
-    from onnxsplit.eval.stats import ALPHA, category_verdict
+    """Per split method and category: win / tie / loss against the best baseline and against
+    its own baseline; then one row per metric."""
+    from onnxsplit.eval.stats import ALPHA
 
-    found = result_verdicts(result)
-    if not found:
+    best = result_verdicts(result)
+    own = result_verdicts(result, counterparts=True)
+    if not best:
         return []
     lines = [
         f"Each split method against the best baseline of each metric (the baseline with the "
-        f"best mean), paired per sample: the mean difference with its 95 % bootstrap CI and the "
-        f"two-sided Wilcoxon signed-rank test, Holm-corrected over the category's metrics; "
-        f"win / loss where p < {ALPHA} (in the metric's better / worse direction), tie "
-        f"otherwise. A category is a win when it has a win and no loss, mixed when it has both.",
+        f"best mean), and against its own baseline (SplitCAM against Grad-CAM, SplitLRP against "
+        f"LRP-ε+, SplitGrad against the gradient), paired per sample: the mean difference with "
+        f"its 95 % bootstrap CI and the two-sided Wilcoxon signed-rank test, Holm-corrected "
+        f"over the category's metrics; win / loss where p < {ALPHA} (in the metric's better / "
+        f"worse direction), tie otherwise. A category is a win when it has a win and no loss, "
+        f"mixed when it has both; the brackets count the category's metrics won / tied / lost.",
         "",
     ]
-    categories = list(dict.fromkeys(v.category for v in found))
-    splits = list(dict.fromkeys(v.method for v in found))
-    lines.append("| method | " + " | ".join(categories) + " |")
-    lines.append("|---|" + "---|" * len(categories))
-    for method in splits:
-        cells = []
-        for category in categories:
-            mine = [v.verdict for v in found if v.method == method and v.category == category]
-            counts = "/".join(str(mine.count(k)) for k in ("win", "tie", "loss"))
-            cells.append(f"**{category_verdict(mine)}** ({counts})" if mine else "")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    categories = list(dict.fromkeys(v.category for v in best))
+    lines.append("| method | against | " + " | ".join(categories) + " |")
+    lines.append("|---|---|" + "---|" * len(categories))
+    for method in dict.fromkeys(v.method for v in best):
+        cells = _category_cells(best, method, categories, bold=True)
+        lines.append(f"| {method} | the best baseline | " + " | ".join(cells) + " |")
+        if any(v.method == method for v in own):
+            cells = _category_cells(own, method, categories, bold=True)
+            lines.append(f"| {method} | {COUNTERPART[method]} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "(win/tie/loss counts of the category's metrics in brackets)",
-        "",
-        "| method | metric | best baseline | split − baseline [95 % CI] | p (Holm) | verdict |",
+        "| method | metric | baseline | split − baseline [95 % CI] | p (Holm) | verdict |",
         "|---|---|---|---|---|---|",
     ]
-    for v in found:
+    for v in [*best, *own]:
         c = v.comparison
         arrow = "↑" if metric_specs()[v.metric].higher_is_better else "↓"
         lines.append(
@@ -305,6 +329,39 @@ def verdict_section(result) -> list[str]:
             f"[{_fmt(c.low, 2)}, {_fmt(c.high, 2)}] | {_fmt_p(v.p_holm)} | {v.verdict} |"
         )
     return lines
+
+
+def verdict_overview(results: list) -> list[str]:
+    """One table over every run: per model, split method and category the paired verdict
+    against the best baselines and against its own baseline (win/tie/loss counts)."""
+    rows = []
+    for result in results:
+        run = f"{result.model} · {result.dataset} (n={result.n_samples})"
+        best, own = result_verdicts(result), result_verdicts(result, counterparts=True)
+        for method in dict.fromkeys(v.method for v in best):
+            cells = _category_cells(best, method, CATEGORIES)
+            rows.append(f"| {run} | {method} | best baseline | " + " | ".join(cells) + " |")
+            if any(v.method == method for v in own):
+                cells = _category_cells(own, method, CATEGORIES)
+                rows.append(
+                    f"| {run} | {method} | {COUNTERPART[method]} | " + " | ".join(cells) + " |"
+                )
+    if not rows:
+        return []
+    return [
+        "## Verdicts at a glance",
+        "",
+        "Each split method against the best baseline of every metric and against its own "
+        "baseline (Grad-CAM for SplitCAM, LRP-ε+ for SplitLRP, the gradient for SplitGrad), "
+        "paired per sample (Wilcoxon signed-rank, Holm-corrected per category; details in "
+        "each run's verdict table): win, tie, loss or mixed per category, with the counts of "
+        "the category's metrics won / tied / lost.",
+        "",
+        "| run | method | against | " + " | ".join(CATEGORIES) + " |",
+        "|---|---|---|" + "---|" * len(CATEGORIES),
+        *rows,
+        "",
+    ]
 
 
 def _fmt_p(p: float) -> str:
@@ -364,6 +421,7 @@ def docs_markdown(results: list, command: str, figure: str) -> str:
         "",
         f"![ranks per category]({figure})",
         "",
+        *verdict_overview(results),
     ]
     for result in results:
         lines += [f"## {result.model} on {result.dataset}", "", markdown_section(result, 3), ""]
