@@ -406,12 +406,15 @@ def explain(
                     arrays.append(x)
             yield batch, expanded, np.stack(arrays)
 
-    def inferred() -> Iterator[tuple[list, list[Item], np.ndarray, list[np.ndarray]]]:
-        """The batches with the compiled model's outputs, in order, on the chosen engine."""
+    def inferred() -> Iterator[tuple[list, list[Item], float, list[np.ndarray]]]:
+        """(batch, items, ms per image, the compiled model's outputs) per batch, in order, on
+        the chosen engine."""
+        nonlocal provider
         if engine == "local":
             for batch, expanded, x in prepared():
+                start = time.perf_counter()
                 out = iface.run(session, x, target, outputs, source=_batch_source(expanded))
-                yield batch, expanded, x, out
+                yield batch, expanded, (time.perf_counter() - start) * 1000 / len(x), out
             return
         pending: list[tuple[list, list[Item], np.ndarray]] = []
 
@@ -423,15 +426,15 @@ def explain(
         results = RayCluster(address, workers).ordered_map(
             SessionWorker, path.read_bytes(), device, jobs(), "onnxsplit explain --engine ray"
         )
-        nonlocal provider
-        for out, used in results:
+        start = time.perf_counter()
+        for out, used in results:  # the time per image: the wall time between results
             provider = f"{used} on Ray"
-            yield (*pending.pop(0), out)
+            batch, expanded, x = pending.pop(0)
+            yield batch, expanded, (time.perf_counter() - start) * 1000 / len(x), out
+            start = time.perf_counter()
 
     try:
-        start = time.perf_counter()
-        for batch, expanded, x, (logits, *results) in inferred():
-            elapsed = (time.perf_counter() - start) * 1000 / len(x)
+        for batch, expanded, elapsed, (logits, *results) in inferred():
             by_name = dict(zip(outputs[1:], results, strict=True))
             if names is None:
                 names = read_labels_default(logits.shape[1]) or []
@@ -514,7 +517,6 @@ def explain(
                 del result
             if progress:
                 progress(len(batch))
-            start = time.perf_counter()
         notes = [describe_coincidence(c) for c in coincidences(gathered)] if rows else []
         for row in rows:
             row["same_as"] = _same_as(row["method"], coincidences(gathered)) if rows else ""
