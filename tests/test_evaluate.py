@@ -165,3 +165,29 @@ def test_rank_values() -> None:
     assert rank_values([0.1, 0.9, float("nan"), 0.5], higher_is_better=True) == [3, 1, 4, 2]
     assert rank_values([0.1, 0.1, 0.5], higher_is_better=False) == [1.5, 1.5, 3]
     assert rank_values([2.0, 2.0, 1.0], higher_is_better=False, ties="min") == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pixel_flipping", "region_perturbation", "faithfulness_correlation", "completeness_gap"],
+)
+def test_prefetched_predictions_run_in_few_large_batches(name) -> None:
+    """Quantus' one onnxruntime call per perturbation step becomes a few batched ones, and the
+    scores do not change (metrics.run_metric's prefetch, OnnxClassifier.recording)."""
+    from onnxsplit.eval.datasets import load_dataset
+
+    def classifier(cache: int) -> OnnxClassifier:
+        return OnnxClassifier(onnx.load(DIGITS), CompiledModels("cpu", predict_cache_bytes=cache))
+
+    probe = classifier(0)
+    x, s = prepare_inputs(load_dataset("digits", limit=32), probe, "digits")
+    y = probe.predict_numpy(x).argmax(1)
+    a = probe.explain("gradient", x, y)[:, None]
+    ctx = MetricContext(1, 8, 8, 10, steps=16, nr_runs=10)
+    spec = metric_specs()[name]
+    plain, batched = classifier(0), classifier(64 << 20)
+    before = run_metric(spec, ctx, plain, "gradient", x, y, a, s, 8, seed=5)
+    after = run_metric(spec, ctx, batched, "gradient", x, y, a, s, 8, seed=5, prefetch=64)
+    np.testing.assert_array_equal(before, after)
+    assert np.isfinite(after).any()
+    assert batched.runtime.runs * 5 <= plain.runtime.runs

@@ -166,7 +166,8 @@ def evaluate(
     `engine` ('local': this process; 'ray': actors on the Ray cluster at `address`, or a local
     one). With `write`, each finished unit is kept in `out_dir`/shards at once and a rerun with
     the same settings skips it (onnxsplit.eval.shards). `caches` False turns off the workers'
-    prediction cache and their in-memory compiled randomised/shifted models (to measure them)."""
+    prediction cache, prefetched predictions and in-memory compiled randomised/shifted models
+    (to measure them)."""
     import onnx
 
     from onnxsplit.explain.runner import cache_root
@@ -276,7 +277,7 @@ def evaluate(
         cache_dir=str(cache),
         target_layer=target_layer,
         batch_size=batch_size,
-        **({} if caches else {"predict_cache_bytes": 0, "keep_compiled": 0}),
+        **({} if caches else {"predict_cache_bytes": 0, "keep_compiled": 0, "prefetch": 0}),
     )
     this_run = time.perf_counter()
     runner.run(worker_settings, pending, (x, y, s), on_done)

@@ -585,6 +585,22 @@ def explain_func(model, inputs, targets, method: str = "gradient", **_) -> np.nd
     return model.explain(method, np.asarray(inputs), np.asarray(targets))
 
 
+# metrics whose model inputs never depend on the model's outputs and that explain nothing
+# (their maps are given): their predictions can be gathered first and run in large batches
+PREFETCHED = frozenset(
+    {
+        "pixel_flipping",
+        "region_perturbation",
+        "selectivity",
+        "faithfulness_correlation",
+        "pixel_flipping_norm",
+        "region_perturbation_norm",
+        "completeness",
+        "completeness_gap",
+    }
+)
+
+
 def run_metric(
     spec: MetricSpec,
     ctx: MetricContext,
@@ -597,19 +613,43 @@ def run_metric(
     batch_size: int,
     softmax: bool | None = None,
     seed: int | None = None,
+    prefetch: int = 0,
 ) -> np.ndarray:
     """Per-sample scores of one metric for one method (float64 [N], NaN where undefined).
 
     Quantus draws from numpy's and torch's global generators; both are seeded with `seed`
-    (default: from the run's seed and the metric's name, onnxsplit.eval.shards.unit_seed)."""
-    import torch
+    (default: from the run's seed and the metric's name, onnxsplit.eval.shards.unit_seed).
 
+    With `prefetch` > 0 and a metric of PREFETCHED, the metric first runs against a recording
+    model (OnnxClassifier.recording) that collects every input Quantus asks about, those run
+    in batches of `prefetch` into the model's prediction cache, and then the metric runs again
+    from the same seed, each prediction now a cache lookup: Quantus' one onnxruntime call per
+    perturbation step becomes a few large ones. An input the second pass asks about that the
+    first did not is computed as usual."""
     from onnxsplit.eval.shards import unit_seed
+
+    if seed is None:
+        seed = unit_seed(ctx.seed, spec.name, 0)
+    if prefetch > 0 and spec.name in PREFETCHED and hasattr(model, "recording"):
+        try:
+            with model.recording(prefetch):
+                _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed)
+        except Exception:  # the real pass below computes what the recording did not
+            pass
+    result = _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed)
+    scores = spec.reduce(result) if spec.reduce else result
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != x.shape[0]:
+        raise OnnxSplitError(f"{spec.name}: {scores.shape[0]} scores for {x.shape[0]} samples")
+    return scores
+
+
+def _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed: int):
+    """The Quantus metric's result, every global generator seeded with `seed` (and restored)."""
+    import torch
 
     with contextlib.redirect_stdout(io.StringIO()):  # Quantus prints warnings when built
         metric = spec.build(ctx)
-    if seed is None:
-        seed = unit_seed(ctx.seed, spec.name, 0)
     state = np.random.get_state()  # Quantus draws from the global generators
     np.random.seed(seed)
     quiet = contextlib.redirect_stdout(io.StringIO())  # Quantus prints some warnings
@@ -621,7 +661,7 @@ def run_metric(
         stack.enter_context(warnings.catch_warnings())
         stack.callback(np.random.set_state, state)
         warnings.simplefilter("ignore")
-        result = metric(
+        return metric(
             model=model,
             x_batch=x,
             y_batch=y,
@@ -633,8 +673,3 @@ def run_metric(
             softmax=spec.softmax if softmax is None else softmax,
             batch_size=batch_size,
         )
-    scores = spec.reduce(result) if spec.reduce else result
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.shape[0] != x.shape[0]:
-        raise OnnxSplitError(f"{spec.name}: {scores.shape[0]} scores for {x.shape[0]} samples")
-    return scores

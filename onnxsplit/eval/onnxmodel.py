@@ -23,6 +23,7 @@ Pseudo methods for controls: ``random`` (seeded uniform noise, a map that knows 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -189,6 +190,7 @@ class CompiledModels:
         # in memory so that the next shard of samples does not compile them again
         self._compiled_bytes: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.compiles = 0
+        self.runs = 0  # onnxruntime runs of plain models (predictions)
         self.predictions = PredictionCache(predict_cache_bytes)
         self.provider = "CPUExecutionProvider"
 
@@ -317,10 +319,47 @@ class OnnxClassifier(torch.nn.Module):
         return np.ascontiguousarray(x)
 
     # -- forward --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def recording(self, batch: int = 64):
+        """While active, predictions are not answered but gathered (zeros are returned), and
+        run `batch` inputs at a time into the prediction cache (onnxsplit.eval.metrics
+        .run_metric's prefetch); what is left is run when the block ends."""
+        pending: list[np.ndarray] = []
+
+        def flush() -> None:
+            if pending:
+                rows = np.concatenate(pending)
+                pending.clear()
+                self._recorder = None
+                try:
+                    self._predict(rows, batch)
+                finally:
+                    self._recorder = record
+
+        def record(x: np.ndarray) -> np.ndarray:
+            pending.append(x)
+            if sum(len(p) for p in pending) >= batch:
+                flush()
+            return np.zeros((len(x), self.info.num_classes), np.float32)
+
+        self._recorder = record
+        try:
+            yield
+            flush()
+        finally:
+            self._recorder = None
+
     def predict_numpy(self, x_nchw: np.ndarray) -> np.ndarray:
         """The model's outputs; inputs seen before (by content) come from the runtime's
         PredictionCache, the others run in batches of `batch_size`."""
         x = self.to_model_layout(x_nchw)
+        recorder = getattr(self, "_recorder", None)
+        if recorder is not None:
+            return recorder(x)
+        return self._predict(x, self.batch_size)
+
+    def _predict(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """Outputs for inputs `x` already in the model's layout, cached rows looked up."""
         cache = self.runtime.predictions
         keys = [cache.key(self.key, row) for row in x]
         found = [cache.get(k) for k in keys]
@@ -328,12 +367,11 @@ class OnnxClassifier(torch.nn.Module):
         if missing:
             session = self.runtime.session(self.proto, self.key, None)
             todo = x[missing]
-            out = np.concatenate(
-                [
-                    session.run(None, {self.info.input_name: todo[i : i + self.batch_size]})[0]
-                    for i in range(0, len(todo), self.batch_size)
-                ]
-            ).astype(np.float32)
+            out = []
+            for i in range(0, len(todo), batch):
+                self.runtime.runs += 1
+                out.append(session.run(None, {self.info.input_name: todo[i : i + batch]})[0])
+            out = np.concatenate(out).astype(np.float32)
             for i, row in zip(missing, out, strict=True):
                 found[i] = row
                 cache.put(keys[i], row)

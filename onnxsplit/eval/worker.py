@@ -33,6 +33,7 @@ class WorkerSettings:
     threads: int | None = None  # onnxruntime intra-op threads; None: all cores
     predict_cache_bytes: int = 256 << 20  # onnxmodel.PredictionCache (0: none)
     keep_compiled: int = 8  # compiled randomised / shifted models kept in memory (0: none)
+    prefetch: int = 64  # batch of the prefetched predictions (metrics.run_metric; 0: none)
 
 
 class EvaluationWorker:
@@ -107,6 +108,7 @@ class EvaluationWorker:
                         self.settings.batch_size,
                         softmax,
                         seed=unit_seed(ctx.seed, name, unit.shard),
+                        prefetch=self.settings.prefetch,
                     )
                 except Exception as exc:
                     errors.append(f"{method} / {name}: {type(exc).__name__}: {exc}")
@@ -121,5 +123,6 @@ class EvaluationWorker:
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "provider": self.runtime.provider,
             "compiles": self.runtime.compiles,
+            "runs": self.runtime.runs,
             "cache_hits": self.runtime.predictions.hits,
         }
