@@ -232,7 +232,7 @@ def test_evaluate_methods_comma_and_repeat(tmp_path, monkeypatch):
     seen = {}
 
     class Result:
-        provider, n_samples = "CPUExecutionProvider", 0
+        provider, n_samples, engine, workers, seconds = "CPUExecutionProvider", 0, "local", 1, 0.0
 
     def fake(model, methods, metrics, data, out_dir, **kwargs):
         seen["methods"] = methods

