@@ -191,3 +191,44 @@ def test_prefetched_predictions_run_in_few_large_batches(name) -> None:
     np.testing.assert_array_equal(before, after)
     assert np.isfinite(after).any()
     assert batched.runtime.runs * 5 <= plain.runtime.runs
+
+
+def test_vectorised_attribution_check_agrees_with_quantus() -> None:
+    """metrics.check_attributions replaces Quantus' assert_attributions (a Python set of every
+    value) and must accept and refuse exactly what Quantus does."""
+    from onnxsplit.eval.metrics import check_attributions, import_quantus
+
+    import_quantus()
+    from quantus.helpers.asserts import assert_attributions
+
+    rng = np.random.default_rng(0)
+    x, wide = rng.random((4, 3, 8, 8)), rng.random((4, 3, 8, 6))
+    patchy = np.where(rng.random((4, 1, 8, 8)) > 0.5, np.nan, 0.3)
+    cases = [
+        (x, rng.random((4, 1, 8, 8))),
+        (x, np.zeros((4, 1, 8, 8))),
+        (x, np.ones((4, 1, 8, 8))),
+        (x, np.full((4, 1, 8, 8), 0.5)),
+        (x, -rng.random((4, 1, 8, 8))),
+        (x, np.full((4, 1, 8, 8), np.nan)),
+        (x, patchy),
+        (x, rng.random((3, 1, 8, 8))),
+        (x, rng.random((4, 8, 8))),
+        (x, rng.random((4, 1, 8, 7))),
+        (x, rng.random((4, 3, 8, 8))),
+        (x, rng.random((4, 1, 1, 8))),
+        (wide, rng.random((4, 1, 8, 6))),
+        (wide, rng.random((4, 1, 6, 8))),
+        (wide, rng.random((4, 3, 1, 1))),
+    ]
+
+    def accepts(check, inputs, maps) -> bool:
+        try:
+            check(inputs, maps)
+        except AssertionError:
+            return False
+        return True
+
+    verdicts = [accepts(assert_attributions, *c) for c in cases]
+    assert True in verdicts and False in verdicts
+    assert verdicts == [accepts(check_attributions, *c) for c in cases]
