@@ -37,6 +37,8 @@ from onnxsplit.eval.worker import WorkerSettings
 
 Progress = Callable[[int, int, str], None]
 DEFAULT_SHARD_SIZE = 32
+# caches=False: every speed-up of the evaluation workers off (the shape of before issue 17)
+SLOW = {"predict_cache_bytes": 0, "keep_compiled": 0, "prefetch": 0, "fast_checks": False}
 
 
 @dataclass
@@ -166,8 +168,8 @@ def evaluate(
     `engine` ('local': this process; 'ray': actors on the Ray cluster at `address`, or a local
     one). With `write`, each finished unit is kept in `out_dir`/shards at once and a rerun with
     the same settings skips it (onnxsplit.eval.shards). `caches` False turns off the workers'
-    prediction cache, prefetched predictions and in-memory compiled randomised/shifted models
-    (to measure them)."""
+    speed-ups (SLOW: prediction cache, prefetched predictions, in-memory compiled
+    randomised/shifted models, the vectorised attribution check) to measure them."""
     import onnx
 
     from onnxsplit.explain.runner import cache_root
@@ -277,7 +279,7 @@ def evaluate(
         cache_dir=str(cache),
         target_layer=target_layer,
         batch_size=batch_size,
-        **({} if caches else {"predict_cache_bytes": 0, "keep_compiled": 0, "prefetch": 0}),
+        **({} if caches else SLOW),
     )
     this_run = time.perf_counter()
     runner.run(worker_settings, pending, (x, y, s), on_done)

@@ -553,9 +553,9 @@ def _wrapper_class():
 
 
 @contextlib.contextmanager
-def onnx_models_in_quantus():
-    """While active, Quantus wraps OnnxClassifier models in OnnxQuantusModel and checks maps
-    with check_attributions."""
+def onnx_models_in_quantus(fast_checks: bool = True):
+    """While active, Quantus wraps OnnxClassifier models in OnnxQuantusModel and, with
+    `fast_checks`, checks maps with check_attributions."""
     import quantus.helpers.asserts as qasserts
     import quantus.helpers.utils as qutils
 
@@ -577,7 +577,8 @@ def onnx_models_in_quantus():
         return original(model, channel_first, softmax, device, model_predict_kwargs)
 
     qutils.get_wrapped_model = get_wrapped_model
-    qasserts.assert_attributions = check_attributions
+    if fast_checks:
+        qasserts.assert_attributions = check_attributions
     try:
         yield
     finally:
@@ -647,6 +648,7 @@ def run_metric(
     softmax: bool | None = None,
     seed: int | None = None,
     prefetch: int = 0,
+    fast_checks: bool = True,
 ) -> np.ndarray:
     """Per-sample scores of one metric for one method (float64 [N], NaN where undefined).
 
@@ -658,7 +660,8 @@ def run_metric(
     in batches of `prefetch` into the model's prediction cache, and then the metric runs again
     from the same seed, each prediction now a cache lookup: Quantus' one onnxruntime call per
     perturbation step becomes a few large ones. An input the second pass asks about that the
-    first did not is computed as usual."""
+    first did not is computed as usual. `fast_checks` False keeps Quantus' own (slow)
+    attribution check instead of check_attributions."""
     from onnxsplit.eval.shards import unit_seed
 
     if seed is None:
@@ -666,10 +669,14 @@ def run_metric(
     if prefetch > 0 and spec.name in PREFETCHED and hasattr(model, "recording"):
         try:
             with model.recording(prefetch):
-                _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed)
+                _seeded_call(
+                    spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed, fast_checks
+                )
         except Exception:  # the real pass below computes what the recording did not
             pass
-    result = _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed)
+    result = _seeded_call(
+        spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed, fast_checks
+    )
     scores = spec.reduce(result) if spec.reduce else result
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.shape[0] != x.shape[0]:
@@ -677,7 +684,9 @@ def run_metric(
     return scores
 
 
-def _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed: int):
+def _seeded_call(
+    spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed: int, fast_checks: bool
+):
     """The Quantus metric's result, every global generator seeded with `seed` (and restored)."""
     import torch
 
@@ -689,7 +698,7 @@ def _seeded_call(spec, ctx, model, method, x, y, a, s, batch_size, softmax, seed
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng())
         torch.manual_seed(seed)
-        for context in (onnx_models_in_quantus(), np.errstate(all="ignore"), quiet):
+        for context in (onnx_models_in_quantus(fast_checks), np.errstate(all="ignore"), quiet):
             stack.enter_context(context)
         stack.enter_context(warnings.catch_warnings())
         stack.callback(np.random.set_state, state)

@@ -34,6 +34,7 @@ class WorkerSettings:
     predict_cache_bytes: int = 256 << 20  # onnxmodel.PredictionCache (0: none)
     keep_compiled: int = 8  # compiled randomised / shifted models kept in memory (0: none)
     prefetch: int = 64  # batch of the prefetched predictions (metrics.run_metric; 0: none)
+    fast_checks: bool = True  # metrics.check_attributions instead of Quantus' own
 
 
 class EvaluationWorker:
@@ -109,6 +110,7 @@ class EvaluationWorker:
                         softmax,
                         seed=unit_seed(ctx.seed, name, unit.shard),
                         prefetch=self.settings.prefetch,
+                        fast_checks=self.settings.fast_checks,
                     )
                 except Exception as exc:
                     errors.append(f"{method} / {name}: {type(exc).__name__}: {exc}")
