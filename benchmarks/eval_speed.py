@@ -67,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         "local, speed-ups off (before)", out_dir=work / "a", caches=False, **whole
     )
     after, t_after = timed("local, speed-ups on (after)", out_dir=work / "b", **whole)
-    print(
-        f"speed-ups: {before / after:.2f}x less time per sample; tables equal: {t_before == t_after}"
-    )
+    equal = t_before == t_after
+    print(f"speed-ups: {before / after:.2f}x less time per sample; tables equal: {equal}")
     local, t_local = timed(f"local, shards of {args.shard_size}", out_dir=work / "c", **common)
     if not args.skip_ray:
         import ray
