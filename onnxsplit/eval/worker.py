@@ -66,12 +66,6 @@ class EvaluationWorker:
         self.runtime.persistent.add(self.classifier.key)
         self._method: str | None = None
 
-    def pid(self) -> int:
-        return os.getpid()
-
-    def provider(self) -> str:
-        return self.runtime.provider
-
     def run(self, unit: Unit, x: np.ndarray, y: np.ndarray, s: np.ndarray | None) -> dict:
         """{"scores": {metric: [score per sample]}, "errors": [...], "seconds", "worker"}."""
         from onnxsplit.eval.onnxmodel import base_method
