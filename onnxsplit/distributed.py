@@ -67,9 +67,11 @@ class RayCluster:
         """The ray module, initialised; remembers whether this call started it."""
         ray = import_ray(purpose)
         self.started = False
-        # Ray's core warns about every actor whose constructor argument is in the object
-        # store; ours are, on purpose (held for the whole run): errors only
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        # Ray's core logs an error line on stderr for every actor whose constructor argument
+        # is in the object store (ours are, on purpose, and held for the whole run so that a
+        # restarted actor finds them); its C++ log lines still go to the session's log files
+        # under /tmp/ray, and failures surface as Python exceptions
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         if not ray.is_initialized():
             _probe(self.address)
             try:
