@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="gradcam,lrp_epsilon_plus,splitcam,splitlrp")
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--skip-speedups", action="store_true", help="only the engines")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     work = Path(tempfile.mkdtemp(prefix="onnxsplit-eval-speed-"))
@@ -63,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     timed("warm-up (compiles the original models)", out_dir=work / "warm", **{**common, "limit": 2})
     # one shard with every sample: the shape of an evaluation before issue 17
     whole = {**common, "shard_size": args.samples}
-    before, t_before = timed(
-        "local, speed-ups off (before)", out_dir=work / "a", caches=False, **whole
-    )
-    after, t_after = timed("local, speed-ups on (after)", out_dir=work / "b", **whole)
-    equal = t_before == t_after
-    print(f"speed-ups: {before / after:.2f}x less time per sample; tables equal: {equal}")
+    if not args.skip_speedups:
+        before, t_before = timed(
+            "local, speed-ups off (before)", out_dir=work / "a", caches=False, **whole
+        )
+        after, t_after = timed("local, speed-ups on (after)", out_dir=work / "b", **whole)
+        equal = t_before == t_after
+        print(f"speed-ups: {before / after:.2f}x less time per sample; tables equal: {equal}")
     local, t_local = timed(f"local, shards of {args.shard_size}", out_dir=work / "c", **common)
     if not args.skip_ray:
         import ray
