@@ -175,13 +175,24 @@ def test_every_map_equals_the_method_alone(
     for method in methods:
         _, alone = compile_run(model, [method], x, target, output_name, optimized=False)
         got, want = together[map_output(method)], alone[map_output(method)]
+        optimized_map = fused[map_output(method)]
+        np.testing.assert_array_equal(together[LOGITS], alone[LOGITS])
+        if method == "certificate":
+            # NaN for a sample whose raw split misses the exactness tolerance (documented): the
+            # same samples beside other methods as alone; a sample at the tolerance may flip in
+            # an optimized session (other rounding), so compare where both are finite
+            assert np.array_equal(np.isnan(got), np.isnan(want)), f"{method} beside {methods}"
+            keep = np.isfinite(want).reshape(len(want), -1).all(axis=1)
+            keep &= np.isfinite(optimized_map).reshape(len(want), -1).all(axis=1)
+            if not keep.any():
+                continue
+            got, want, optimized_map = got[keep], want[keep], optimized_map[keep]
         assert np.all(np.isfinite(got)), method
         scale = max(float(np.abs(want).max()), 1e-12)
         worst = float(np.abs(got - want).max()) / scale
         assert worst <= SAME, f"{method} beside {methods}: {worst:.2e} of its scale"
-        np.testing.assert_array_equal(together[LOGITS], alone[LOGITS])
         # onnxruntime's fused kernels round differently; bounded, not a different map
-        runtime = float(np.abs(fused[map_output(method)] - want).max()) / scale
+        runtime = float(np.abs(optimized_map - want).max()) / scale
         assert runtime <= RUNTIME_ROUNDING, f"{method}: optimized session {runtime:.2e}"
     if "gradient" in methods:
         with torch.no_grad():
