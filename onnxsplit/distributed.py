@@ -19,6 +19,14 @@ TASK_RETRIES = 3  # a call whose actor died is retried at most this often
 ENGINES = ("local", "ray")
 
 
+def check_engine(engine: str, address: str | None) -> None:
+    """One error for an unknown engine or an --address without the Ray engine."""
+    if engine not in ENGINES:
+        raise OnnxSplitError(f"unknown engine '{engine}'; use one of {', '.join(ENGINES)}")
+    if address and engine != "ray":
+        raise OnnxSplitError("--address needs --engine ray")
+
+
 def import_ray(purpose: str):
     from onnxsplit import extras
 

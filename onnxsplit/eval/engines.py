@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from onnxsplit.distributed import ENGINES, TASK_RETRIES, RayCluster
+from onnxsplit.distributed import TASK_RETRIES, RayCluster, check_engine
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.eval.shards import Unit
 from onnxsplit.eval.worker import EvaluationWorker, WorkerSettings
@@ -121,10 +121,5 @@ class RayEngine:
 
 
 def make_engine(name: str, address: str | None = None, workers: int | None = None) -> Engine:
-    if name == "local":
-        if address:
-            raise OnnxSplitError("--address needs --engine ray")
-        return LocalEngine()
-    if name == "ray":
-        return RayEngine(address, workers)
-    raise OnnxSplitError(f"unknown engine '{name}'; use one of {', '.join(ENGINES)}")
+    check_engine(name, address)
+    return RayEngine(address, workers) if name == "ray" else LocalEngine()

@@ -142,35 +142,26 @@ def verdicts(
 
     `table[method, metric]` holds the per-sample scores, in the same sample order for every
     method."""
+    best_of = {m: _best_baseline(table, baselines, m, higher_is_better[m]) for m in metrics}
     out: list[MetricVerdict] = []
     for method in split_methods:
         for category in dict.fromkeys(category_of[m] for m in metrics):
-            members = [m for m in metrics if category_of[m] == category]
-            found = []
-            for metric in members:
-                means = {
-                    b: float(np.nanmean(table[b, metric]))
-                    if np.isfinite(table[b, metric]).any()
-                    else float("nan")
-                    for b in baselines
-                }
-                ranked = [b for b in baselines if np.isfinite(means[b])]
-                if not ranked or not np.isfinite(table[method, metric]).any():
-                    continue
-                sign = 1 if higher_is_better[metric] else -1
-                best = max(ranked, key=lambda b: sign * means[b])
-                found.append(
-                    (
-                        metric,
-                        best,
-                        compare(
-                            table[method, metric],
-                            table[best, metric],
-                            higher_is_better[metric],
-                            seed,
-                        ),
-                    )
+            found = [
+                (
+                    metric,
+                    best_of[metric],
+                    compare(
+                        table[method, metric],
+                        table[best_of[metric], metric],
+                        higher_is_better[metric],
+                        seed,
+                    ),
                 )
+                for metric in metrics
+                if category_of[metric] == category
+                and best_of[metric] is not None
+                and np.isfinite(table[method, metric]).any()
+            ]
             adjusted = holm([c.p for _, _, c in found])
             for (metric, best, comparison), p in zip(found, adjusted, strict=True):
                 out.append(
@@ -179,3 +170,17 @@ def verdicts(
                     )
                 )
     return out
+
+
+def _best_baseline(
+    table: dict[tuple[str, str], np.ndarray], baselines: list[str], metric: str, higher: bool
+) -> str | None:
+    """The baseline with the best mean on `metric` (None where none has a finite score)."""
+    means = {
+        b: float(np.nanmean(table[b, metric]))
+        for b in baselines
+        if np.isfinite(table[b, metric]).any()
+    }
+    ranked = [b for b in baselines if b in means and np.isfinite(means[b])]
+    sign = 1 if higher else -1
+    return max(ranked, key=lambda b: sign * means[b]) if ranked else None

@@ -16,7 +16,7 @@ import onnx
 
 from onnxsplit import contract, extras
 from onnxsplit.compile_key import compiled_model_key
-from onnxsplit.distributed import ENGINES, RayCluster
+from onnxsplit.distributed import RayCluster, check_engine
 from onnxsplit.emit import metadata, save_model, write_atomic
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.explain.inputs import Item, check_labels, iterate, read_labels
@@ -332,10 +332,7 @@ def explain(
     names, else the ImageNet-1k names for a 1000-class head. `engine` 'ray' runs the batches on
     Ray actors (one session each; `address` None: a local cluster), results in input order."""
     methods = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
-    if engine not in ENGINES:
-        raise OnnxSplitError(f"unknown engine '{engine}'; use one of {', '.join(ENGINES)}")
-    if address and engine != "ray":
-        raise OnnxSplitError("--address needs --engine ray")
+    check_engine(engine, address)
     if batch_size < 1:
         raise OnnxSplitError("--batch-size must be at least 1")
     if out_dir.exists() and not out_dir.is_dir():
